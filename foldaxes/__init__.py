@@ -1,0 +1,20 @@
+"""Fold named axes into the batch axis around any module, with einops notation.
+
+Example:
+    >>> import torch, foldaxes
+    >>> enc = foldaxes.Distribute("b t v c h w -> (b t v) c h w", torch.nn.Conv2d(3, 8, 3))
+    >>> enc(torch.randn(2, 4, 3, 3, 16, 16)).shape
+    torch.Size([2, 4, 3, 8, 14, 14])
+"""
+
+from ._errors import FoldError as FoldError
+from ._fold import FoldSpec as FoldSpec
+from ._fold import distribute as distribute
+from ._fold import fold as fold
+from ._fold import unfold as unfold
+from ._modules import Distribute as Distribute
+from ._modules import TimeDistributed as TimeDistributed
+
+__version__ = "0.1.0"
+
+__all__ = ["Distribute", "FoldError", "FoldSpec", "TimeDistributed", "distribute", "fold", "unfold"]

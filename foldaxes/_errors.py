@@ -1,0 +1,43 @@
+"""The one exception foldaxes raises, and the layout of its messages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from einops import EinopsError
+
+__all__ = ["FoldError", "format_message"]
+
+
+class FoldError(EinopsError):
+    """Raised when a pattern, an input or a module output does not fit a fold.
+
+    It subclasses ``einops.EinopsError``, so code that already catches einops errors keeps working.
+    Errors raised by the wrapped module itself are never wrapped in a ``FoldError``.
+    """
+
+
+def format_message(
+    what: str,
+    *,
+    pattern: str,
+    span: tuple[int, int] | None = None,
+    shapes: Iterable[tuple[str, Sequence[int]]] = (),
+    sizes: Mapping[str, int] | None = None,
+    hint: str | None = None,
+) -> str:
+    """Lays out a message: what is wrong, the pattern with a caret, the shapes and sizes, what to do."""
+    lines = [what, f"  pattern: {pattern}"]
+    if span is not None:
+        start, end = span
+        lines.append("           " + " " * start + "^" * max(end - start, 1))
+    lines.extend(f"  {label}: shape {_shape(shape)}" for label, shape in shapes)
+    if sizes:
+        lines.append("  axis sizes: " + ", ".join(f"{name}={size}" for name, size in sizes.items()))
+    if hint:
+        lines.append(f"  {hint}")
+    return "\n".join(lines)
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(int(size)) for size in shape) + ")"

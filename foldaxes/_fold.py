@@ -1,0 +1,180 @@
+"""The functional form: ``fold`` a tensor, run anything on it, ``unfold`` the result with the spec it returned."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+import torch
+
+from ._folding import Folding
+from ._pattern import ELLIPSIS
+from ._unfold import OutputRules, OutSpec
+
+__all__ = ["FoldSpec", "distribute", "fold", "unfold"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class FoldSpec:
+    """What ``unfold`` needs to split a folded dim back: small, immutable and picklable.
+
+    Attributes:
+        pattern: The pattern that made the fold.
+        dim: The position of the folded group in the folded tensor, or ``None`` when nothing was folded.
+        axes: The names in the folded group, ``"..."`` standing for the axes of an ellipsis.
+        sizes: The size of each folded axis, in order (the ellipsis expanded).
+        lengths: The axis lengths given as keywords, as sorted ``(name, length)`` pairs.
+    """
+
+    pattern: str
+    dim: int | None
+    axes: tuple[str, ...]
+    sizes: tuple[int, ...]
+    lengths: tuple[tuple[str, int], ...] = ()
+
+
+@functools.lru_cache(maxsize=256)
+def _folding(pattern: str, lengths: tuple[tuple[str, int], ...]) -> Folding:
+    return Folding(pattern, lengths=dict(lengths))
+
+
+def _output_rules(spec: FoldSpec, out: OutSpec) -> OutputRules:
+    if out is None or isinstance(out, str):
+        return _cached_output_rules(spec.pattern, spec.axes, spec.lengths, out)
+    return _cached_output_rules.__wrapped__(spec.pattern, spec.axes, spec.lengths, out)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_output_rules(
+    pattern: str, axes: tuple[str, ...], lengths: tuple[tuple[str, int], ...], out: OutSpec
+) -> OutputRules:
+    group_axes = tuple(ELLIPSIS if axis == "..." else axis for axis in axes)
+    return OutputRules(pattern, out, group_axes, dict(lengths))
+
+
+@overload
+def fold(x: torch.Tensor, pattern: str, **axes_lengths: int) -> tuple[torch.Tensor, FoldSpec]: ...
+@overload
+def fold(
+    x: Sequence[torch.Tensor], pattern: str, **axes_lengths: int
+) -> tuple[tuple[torch.Tensor, ...], FoldSpec]: ...
+def fold(
+    x: torch.Tensor | Sequence[torch.Tensor], pattern: str, **axes_lengths: int
+) -> tuple[torch.Tensor | tuple[torch.Tensor, ...], FoldSpec]:
+    """Rearranges ``x`` by ``pattern`` and returns it with the spec that ``unfold`` needs.
+
+    The fold is a view whenever the strides allow one; otherwise it is exactly one copy.
+
+    Args:
+        x: A tensor, or a sequence of tensors (one per operand of a multi-operand pattern, or all folded by a
+            single-operand pattern).
+        pattern: An einops pattern such as ``"b t c h w -> (b t) c h w"``.
+        **axes_lengths: Lengths of axes that cannot be read off the shape, as in einops.
+
+    Returns:
+        The folded tensor (a tuple for a sequence), and a ``FoldSpec``.
+
+    Raises:
+        FoldError: the pattern is malformed or ``x`` does not fit it.
+
+    Example:
+        >>> import torch, foldaxes
+        >>> x = torch.randn(2, 8, 3, 32, 32)
+        >>> folded, spec = foldaxes.fold(x, "b t c h w -> (b t) c h w")
+        >>> folded.shape, folded.data_ptr() == x.data_ptr()
+        (torch.Size([16, 3, 32, 32]), True)
+        >>> y = torch.nn.Conv2d(3, 4, 3)(folded)
+        >>> foldaxes.unfold(y, spec).shape
+        torch.Size([2, 8, 4, 30, 30])
+    """
+    lengths = tuple(sorted(axes_lengths.items()))
+    folding = _folding(pattern, lengths)
+    single = isinstance(x, torch.Tensor)
+    tensors: tuple[Any, ...] = (x,) if single else tuple(x)
+    folded, _, dim, sizes = folding.fold_arguments(tensors, {})
+    axes = tuple("..." if axis == ELLIPSIS else axis for axis in folding.group_axes or ())
+    spec = FoldSpec(pattern=pattern, dim=dim, axes=axes, sizes=tuple(sizes), lengths=lengths)
+    return (folded[0] if single else tuple(folded)), spec
+
+
+def unfold(y: Any, spec: FoldSpec, out: OutSpec = None) -> Any:
+    """Splits the folded dim of every tensor in ``y`` back into the axes recorded in ``spec``.
+
+    Args:
+        y: A tensor, or any nesting of tuples, lists, dicts and NamedTuples; non-tensor leaves pass through.
+        spec: The ``FoldSpec`` that ``fold`` returned.
+        out: As for ``Distribute``: a pattern such as ``"(b t) c h w -> b c t h w"`` (the folded axes are known),
+            or a structure matching ``y`` with a pattern or ``None`` at each leaf.
+
+    Returns:
+        ``y`` with each tensor unfolded: a view of it.
+
+    Raises:
+        FoldError: a tensor's folded dim does not have the folded size.
+
+    Example:
+        >>> import torch, foldaxes
+        >>> folded, spec = foldaxes.fold(torch.randn(4, 5, 10), "t b d -> (t b) d")
+        >>> foldaxes.unfold((folded, {"sum": folded.sum(-1)}), spec)[1]["sum"].shape
+        torch.Size([4, 5])
+    """
+    return _output_rules(spec, out).unfold(y, spec.dim, spec.sizes)
+
+
+@overload
+def distribute(
+    pattern: str, fn: None = None, *, out: OutSpec = None, fold_kwargs: Mapping[str, str] | None = None,
+    **axes_lengths: int,
+) -> Callable[[F], F]: ...
+@overload
+def distribute(
+    pattern: str, fn: F, *, out: OutSpec = None, fold_kwargs: Mapping[str, str] | None = None,
+    **axes_lengths: int,
+) -> F: ...
+def distribute(
+    pattern: str,
+    fn: Callable[..., Any] | None = None,
+    *,
+    out: OutSpec = None,
+    fold_kwargs: Mapping[str, str] | None = None,
+    **axes_lengths: int,
+) -> Any:
+    """Wraps a plain function so that its tensor arguments are folded and its results unfolded.
+
+    The function form of ``Distribute``: use it as a decorator, or call it with the function.
+
+    Args:
+        pattern: As for ``Distribute``.
+        fn: The function to wrap; leave it out to get a decorator.
+        out: As for ``Distribute``.
+        fold_kwargs: As for ``Distribute``.
+        **axes_lengths: As for ``Distribute``.
+
+    Returns:
+        The wrapped function, or a decorator when ``fn`` is not given.
+
+    Raises:
+        FoldError: the pattern is malformed (at decoration time).
+
+    Example:
+        >>> import torch, foldaxes
+        >>> @foldaxes.distribute("b t c h w -> (b t) c h w")
+        ... def pool(frames):
+        ...     return torch.nn.functional.avg_pool2d(frames, 2)
+        >>> pool(torch.randn(2, 3, 4, 8, 8)).shape
+        torch.Size([2, 3, 4, 4, 4])
+    """
+    folding = Folding(pattern, out=out, fold_kwargs=fold_kwargs, lengths=axes_lengths)
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return folding(function, args, kwargs)
+
+        return wrapper
+
+    return decorate if fn is None else decorate(fn)

@@ -1,0 +1,226 @@
+"""Turns one operand of a pattern, for one tensor rank, into a frozen plan of tensor operations.
+
+A plan applies ``unflatten``/``squeeze`` for the input's groups, one ``permute`` when the axes move, then
+``flatten``/``unsqueeze`` for the output's groups, skipping every step that is a no-op. Each step is a view
+whenever the strides allow it, so adjacent folded axes cost nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from ._errors import FoldError, format_message
+from ._pattern import ELLIPSIS, Composition, Operand
+
+__all__ = ["Plan", "Rule", "SizeMismatch"]
+
+_MAX_PLANS = 64
+
+
+class SizeMismatch(Exception):
+    """Internal: an input's size disagrees with its plan; the caller adds what it knows and raises FoldError."""
+
+    def __init__(self, what: str, name: str) -> None:
+        super().__init__(what)
+        self.what = what
+        self.name = name
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The operations that take a tensor of one rank from an operand's left composition to its right one.
+
+    Attributes:
+        equal_checks: ``(dim, name)``: the input's ``dim`` must equal the given length of ``name``.
+        unit_checks: Input dims written as ``1`` or ``()``, which must have size 1.
+        expansions: ``(dim, names, unknown)`` in decreasing ``dim``: squeeze ``dim`` when ``names`` is empty,
+            else unflatten it into ``names`` (``unknown`` is the index of the inferred one, or -1).
+        names: The elementary axes after the expansions, in input order (ellipsis axes as ``…0``, ``…1``...).
+        permutation: The permute into output order, or ``None`` when the order is unchanged.
+        merges: ``(start, end)`` ranges to flatten, in decreasing order.
+        unsqueezes: Output positions of ``1``/``()`` axes, in increasing order.
+        group: ``(start, stop)`` of the folded group's axes after the permute, or ``None``.
+        group_dim: Position of the folded group in the output, or ``None``.
+        flatten_only: ``(start, end)`` when the whole plan is one ``flatten`` that forms the group.
+    """
+
+    equal_checks: tuple[tuple[int, str], ...]
+    unit_checks: tuple[int, ...]
+    expansions: tuple[tuple[int, tuple[str, ...], int], ...]
+    names: tuple[str, ...]
+    permutation: tuple[int, ...] | None
+    merges: tuple[tuple[int, int], ...]
+    unsqueezes: tuple[int, ...]
+    group: tuple[int, int] | None
+    group_dim: int | None
+    flatten_only: tuple[int, int] | None
+
+    def apply(
+        self, x: torch.Tensor, lengths: Mapping[str, int]
+    ) -> tuple[torch.Tensor, torch.Size | None, torch.Size]:
+        """Rearranges ``x``; returns it with the folded group's sizes and the sizes of the elementary axes.
+
+        Raises:
+            SizeMismatch: a size of ``x`` disagrees with ``lengths`` or cannot be split.
+        """
+        shape = x.shape
+        for dim, name in self.equal_checks:
+            if shape[dim] != lengths[name]:
+                raise SizeMismatch(f"axis '{name}' has size {shape[dim]} but was given as {lengths[name]}", name)
+        for dim in self.unit_checks:
+            if shape[dim] != 1:
+                raise SizeMismatch(f"dim {dim} is written as 1 but has size {shape[dim]}", "")
+        for dim, names, unknown in self.expansions:
+            if not names:
+                x = x.squeeze(dim)
+                continue
+            sizes = [-1 if i == unknown else lengths[name] for i, name in enumerate(names)]
+            known = math.prod(size for i, size in enumerate(sizes) if i != unknown)
+            fits = shape[dim] % known == 0 if unknown >= 0 else shape[dim] == known
+            if not fits:
+                raise SizeMismatch(
+                    f"dim {dim} of size {shape[dim]} cannot be split into ({' '.join(names)}) "
+                    f"with {', '.join(f'{n}={lengths[n]}' for i, n in enumerate(names) if i != unknown)}",
+                    names[unknown] if unknown >= 0 else names[0],
+                )
+            x = x.unflatten(dim, sizes)
+        elementary = x.shape
+        if self.permutation is not None:
+            x = x.permute(self.permutation)
+        group_sizes = None if self.group is None else x.shape[self.group[0] : self.group[1]]
+        for start, end in self.merges:
+            x = x.flatten(start, end)
+        for dim in self.unsqueezes:
+            x = x.unsqueeze(dim)
+        return x, group_sizes, elementary
+
+
+class Rule:
+    """One operand of a pattern, with its plans cached per input rank.
+
+    Args:
+        pattern: The whole pattern's text, for messages.
+        operand: The parsed operand.
+        known: Names whose lengths are given at call time rather than read off the tensor.
+    """
+
+    def __init__(self, pattern: str, operand: Operand, known: frozenset[str]) -> None:
+        self.pattern = pattern
+        self.operand = operand
+        self.known = known
+        self._plans: dict[int, Plan] = {}
+
+    def plan(self, ndim: int, label: str, shape: tuple[int, ...]) -> Plan:
+        """The plan for a tensor of rank ``ndim``; ``label`` and ``shape`` only serve error messages."""
+        plan = self._plans.get(ndim)
+        if plan is None:
+            plan = self._build(ndim, label, shape)
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            self._plans[ndim] = plan
+        return plan
+
+    def _build(self, ndim: int, label: str, shape: tuple[int, ...]) -> Plan:
+        operand = self.operand
+        lhs, rhs = operand.lhs, operand.rhs
+        if ELLIPSIS in lhs:
+            ellipsis_ndim = ndim - (len(lhs) - 1)
+            if ellipsis_ndim < 0:
+                raise self._rank_error(f"at least {len(lhs) - 1}", ndim, label, shape)
+        else:
+            ellipsis_ndim = 0
+            if ndim != len(lhs):
+                raise self._rank_error(str(len(lhs)), ndim, label, shape)
+        ellipsis_axes = tuple(f"{ELLIPSIS}{i}" for i in range(ellipsis_ndim))
+        lhs_groups = _expand(lhs, ellipsis_axes)
+        rhs_groups = _expand(rhs, ellipsis_axes)
+
+        equal_checks: list[tuple[int, str]] = []
+        unit_checks: list[int] = []
+        expansions: list[tuple[int, tuple[str, ...], int]] = []
+        for dim, names in enumerate(lhs_groups):
+            if not names:
+                unit_checks.append(dim)
+                expansions.append((dim, (), -1))
+            elif len(names) == 1:
+                if names[0] in self.known:
+                    equal_checks.append((dim, names[0]))
+            else:
+                unknown = next((i for i, name in enumerate(names) if name not in self.known), -1)
+                expansions.append((dim, names, unknown))
+        names = tuple(name for group in lhs_groups for name in group)
+        order = tuple(name for group in rhs_groups for name in group)
+        permutation = tuple(names.index(name) for name in order)
+
+        merges: list[tuple[int, int]] = []
+        unsqueezes: list[int] = []
+        position = 0
+        group: tuple[int, int] | None = None
+        group_dim: int | None = None
+        folded = _expanded_index(rhs, operand.group, ellipsis_ndim)
+        for index, axes in enumerate(rhs_groups):
+            if not axes:
+                unsqueezes.append(index)
+            elif len(axes) > 1:
+                merges.append((position, position + len(axes) - 1))
+            if index == folded:
+                group, group_dim = (position, position + len(axes)), index
+            position += len(axes)
+
+        plain = not (equal_checks or unit_checks or expansions or unsqueezes) and permutation == tuple(
+            range(len(names))
+        )
+        flatten_only = merges[0] if plain and len(merges) == 1 and group_dim == merges[0][0] else None
+        return Plan(
+            equal_checks=tuple(equal_checks),
+            unit_checks=tuple(unit_checks),
+            expansions=tuple(reversed(expansions)),
+            names=names,
+            permutation=None if permutation == tuple(range(len(names))) else permutation,
+            merges=tuple(reversed(merges)),
+            unsqueezes=tuple(unsqueezes),
+            group=group,
+            group_dim=group_dim,
+            flatten_only=flatten_only,
+        )
+
+    def _rank_error(self, expected: str, ndim: int, label: str, shape: tuple[int, ...]) -> FoldError:
+        lhs = " ".join(_element_text(element) for element in self.operand.lhs)
+        return FoldError(
+            format_message(
+                f"{label} has {ndim} dims, but '{lhs}' expects {expected}.",
+                pattern=self.pattern,
+                shapes=[(label, shape)],
+                hint="Pass a tensor of the rank the pattern describes, or change the pattern "
+                "('...' stands for any number of dims).",
+            )
+        )
+
+
+def _expand(composition: Composition, ellipsis_axes: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The composition with ``...`` replaced by its axes: one group per dim."""
+    groups: list[tuple[str, ...]] = []
+    for element in composition:
+        if isinstance(element, str):
+            groups.extend((axis,) for axis in ellipsis_axes)
+        else:
+            groups.append(tuple(a for name in element for a in (ellipsis_axes if name == ELLIPSIS else (name,))))
+    return groups
+
+
+def _expanded_index(composition: Composition, index: int | None, ellipsis_ndim: int) -> int | None:
+    if index is None:
+        return None
+    before = composition[:index]
+    return index + (ellipsis_ndim - 1 if ELLIPSIS in before else 0)
+
+
+def _element_text(element: tuple[str, ...] | str) -> str:
+    if isinstance(element, str):
+        return "..."
+    names = ["..." if name == ELLIPSIS else name for name in element]
+    return names[0] if len(names) == 1 else "(" + " ".join(names) + ")"
