@@ -155,12 +155,12 @@ class Folding:
             )
 
     def _count_error(self, args: tuple[Any, ...], positions: list[int]) -> FoldError:
-        kinds = ", ".join(type(arg).__name__ for arg in args) or "no arguments"
-        expected = "at least one" if self.single else str(len(self.rules))
+        kinds = ", ".join(type(arg).__name__ for arg in args) or "nothing"
+        expected = "at least one tensor argument" if self.single else f"{len(self.rules)} tensor arguments"
         return FoldError(
             format_message(
-                f"The pattern folds {expected} tensor argument(s), but the call passed {len(positions)} "
-                f"({kinds}).",
+                f"The pattern needs {expected}, but the call passed {len(positions)} tensor(s) among its "
+                f"positional arguments ({kinds}).",
                 pattern=self.pattern,
                 shapes=[(f"argument {i}", args[i].shape) for i in positions],
                 hint="Give one comma-separated operand per tensor positional argument, or a single operand to "
@@ -212,7 +212,7 @@ def _kwarg_rules(pattern: str, fold_kwargs: Mapping[str, str] | None, known: fro
                     hint="For example fold_kwargs={'mask': 'b t s -> (b t) s'}.",
                 )
             )
-        rules[name] = Rule(text, parse_rule(text, known), known)
+        rules[name] = Rule(text, parse_rule(text, known, f"fold_kwargs['{name}']"), known)
     return rules
 
 

@@ -125,13 +125,16 @@ def parse_pattern(text: str, known: frozenset[str] = frozenset()) -> Pattern:
     return Pattern(text=text, operands=operands, folded=folded)
 
 
-def parse_rule(text: str, known: frozenset[str]) -> Operand:
-    """Parses a single-operand pattern such as an ``out=`` or keyword-argument pattern."""
-    pattern = parse_pattern(text, known)
+def parse_rule(text: str, known: frozenset[str], role: str) -> Operand:
+    """Parses a single-operand pattern such as an ``out=`` or keyword-argument pattern; ``role`` names it."""
+    try:
+        pattern = parse_pattern(text, known)
+    except FoldError as error:
+        raise FoldError(f"In {role}: {error}") from None
     if len(pattern.operands) != 1:
         raise FoldError(
             format_message(
-                f"This pattern must describe one tensor, but it has {len(pattern.operands)} operands.",
+                f"In {role}: the pattern must describe one tensor, but it has {len(pattern.operands)} operands.",
                 pattern=text,
                 hint="Remove the commas: one pattern applies to one tensor here.",
             )

@@ -7,8 +7,7 @@ whenever the strides allow it, so adjacent folded axes cost nothing.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -16,9 +15,17 @@ import torch
 from ._errors import FoldError, format_message
 from ._pattern import ELLIPSIS, Composition, Operand
 
-__all__ = ["Plan", "Rule", "SizeMismatch"]
+__all__ = ["Plan", "Rule", "SizeMismatch", "product"]
 
 _MAX_PLANS = 64
+
+
+def product(sizes: Iterable[int]) -> int:
+    """The product of ``sizes``; a loop rather than ``math.prod``, which torch.compile cannot trace over sizes."""
+    total = 1
+    for size in sizes:
+        total *= size
+    return total
 
 
 class SizeMismatch(Exception):
@@ -79,7 +86,7 @@ class Plan:
                 x = x.squeeze(dim)
                 continue
             sizes = [-1 if i == unknown else lengths[name] for i, name in enumerate(names)]
-            known = math.prod(size for i, size in enumerate(sizes) if i != unknown)
+            known = product(size for size in sizes if size != -1)
             fits = shape[dim] % known == 0 if unknown >= 0 else shape[dim] == known
             if not fits:
                 raise SizeMismatch(

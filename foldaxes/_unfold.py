@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,7 +9,7 @@ import torch
 
 from ._errors import FoldError, format_message
 from ._pattern import ELLIPSIS, parse_rule
-from ._plan import Rule, SizeMismatch
+from ._plan import Rule, SizeMismatch, product
 from ._tree import flatten, leaf_paths, map_structure, unflatten
 
 __all__ = ["OutputRules", "bind_group"]
@@ -55,12 +54,12 @@ class OutputRules:
         known = frozenset(name for name in self.group_axes if name != ELLIPSIS) | frozenset(lengths)
         rules: dict[str, Rule] = {}
         if isinstance(out, str):
-            rules[out] = Rule(out, parse_rule(out, known), known)
+            rules[out] = Rule(out, parse_rule(out, known, "out="), known)
         elif out is not None:
             leaves, _ = flatten(out)
             for leaf in leaves:
                 if isinstance(leaf, str):
-                    rules.setdefault(leaf, Rule(leaf, parse_rule(leaf, known), known))
+                    rules.setdefault(leaf, Rule(leaf, parse_rule(leaf, known, "out="), known))
                 elif leaf is not None:
                     raise FoldError(
                         f"Each leaf of out= must be a pattern string or None, not {type(leaf).__name__} "
@@ -80,7 +79,7 @@ class OutputRules:
         if self.default:
             if dim is None:
                 return result
-            total = math.prod(sizes)
+            total = product(sizes)
             if isinstance(result, torch.Tensor):
                 return self._split(result, result, dim, sizes, total)
             leaves, spec = flatten(result)

@@ -1,0 +1,65 @@
+"""Independent references for the tests: slice-by-slice loops that never call foldaxes."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def float64() -> Any:
+    """Makes float64 the default dtype for one test, so modules and references compute in float64."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def loop_reference(fn: Callable[..., Any], tensors: Sequence[torch.Tensor], dims: Sequence[int]) -> Any:
+    """Applies ``fn`` to one slice at a time over ``dims`` (moved to the front) and stacks the results.
+
+    Each slice is passed with a leading batch dim of 1, and that dim is dropped from each output tensor.
+    Outputs may be a tensor or a (nested) tuple of tensors; the stacked result has ``dims``' sizes in front.
+    """
+    moved = [t.movedim(tuple(dims), tuple(range(len(dims)))) for t in tensors]
+    lead = moved[0].shape[: len(dims)]
+    results = [fn(*(t[index].unsqueeze(0) for t in moved)) for index in itertools.product(*map(range, lead))]
+    return _stack(results, lead)
+
+
+def _stack(results: list[Any], lead: torch.Size) -> Any:
+    first = results[0]
+    if isinstance(first, torch.Tensor):
+        return torch.stack([r[0] for r in results]).unflatten(0, lead)
+    return type(first)(_stack([r[i] for r in results], lead) for i in range(len(first)))
+
+
+def assert_exact(actual: Any, expected: Any) -> None:
+    """Equal values and shapes, leaf by leaf, to float64 rounding."""
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(actual, torch.Tensor)
+        assert actual.shape == expected.shape
+        torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+        return
+    assert type(actual) is type(expected)
+    if isinstance(expected, dict):
+        assert actual.keys() == expected.keys()
+        for key in expected:
+            assert_exact(actual[key], expected[key])
+        return
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected, strict=True):
+        assert_exact(a, e)
+
+
+def same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return bool(a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr())

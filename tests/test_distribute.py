@@ -1,0 +1,270 @@
+"""Distribute and TimeDistributed against a slice-by-slice loop, in float64."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import einops
+import pytest
+import torch
+from conftest import assert_exact, loop_reference
+from torch import nn
+
+import foldaxes
+from foldaxes import Distribute, TimeDistributed
+
+pytestmark = pytest.mark.usefixtures("float64")
+
+
+class TestClassicRecipeExamples:
+    def test_linear_over_time(self) -> None:
+        linear = nn.Linear(10, 5)
+        x = torch.randn(5, 3, 10)
+        y = TimeDistributed(linear)(x)
+        assert y.shape == (5, 3, 5)
+        assert_exact(y, loop_reference(linear, [x], [0, 1]))
+
+    def test_conv_over_time(self) -> None:
+        conv = nn.Conv2d(3, 16, 3)
+        x = torch.randn(5, 3, 3, 20, 20)
+        y = TimeDistributed(conv)(x)
+        assert y.shape == (5, 3, 16, 18, 18)
+        assert_exact(y, loop_reference(conv, [x], [0, 1]))
+
+    @pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
+    def test_batch_first_only_names_the_axes(self, batch_first: bool) -> None:
+        conv = nn.Conv2d(3, 4, 3)
+        x = torch.randn(4, 2, 3, 8, 8)
+        wrapped = TimeDistributed(conv, batch_first)
+        assert_exact(wrapped(x), loop_reference(conv, [x], [0, 1]))
+        assert ("b t ..." if batch_first else "t b ...") in repr(wrapped)
+
+    def test_rank_two_input(self) -> None:
+        embedding = nn.Embedding(10, 4)
+        tokens = torch.randint(0, 10, (3, 7))
+        assert_exact(TimeDistributed(embedding, True)(tokens), embedding(tokens))
+
+
+class TestPatterns:
+    @pytest.mark.parametrize(
+        ("pattern", "shape", "dims", "lengths"),
+        [
+            ("b t c h w -> (b t) c h w", (2, 3, 3, 6, 6), [0, 1], {}),
+            ("b t v c h w -> (b t v) c h w", (2, 3, 2, 3, 6, 6), [0, 1, 2], {}),
+            ("b c t h w -> (b t) c h w", (2, 3, 4, 6, 6), [0, 2], {}),
+            ("t b c h w -> (b t) c h w", (4, 2, 3, 6, 6), [1, 0], {}),
+            ("b (t v) c h w -> (b t v) c h w", (2, 6, 3, 6, 6), [0, 1, 2], {"v": 2}),
+            ("b h w c t -> (b t) c h w", (2, 6, 6, 3, 2), [0, 4], {}),
+        ],
+        ids=["leading", "three-axes", "non-adjacent", "reordered", "lhs-group", "channels-last-storage"],
+    )
+    def test_conv_matches_loop(self, pattern: str, shape: tuple[int, ...], dims: list[int], lengths: Any) -> None:
+        conv = nn.Conv2d(3, 4, 3)
+        x = torch.randn(shape)
+        if lengths:
+            x6 = einops.rearrange(x, "b (t v) c h w -> b t v c h w", **lengths)
+            expected = loop_reference(conv, [x6], dims)
+        elif pattern.startswith("b h w c t"):
+            expected = loop_reference(conv, [x.permute(0, 4, 3, 1, 2)], [0, 1])
+        else:
+            expected = loop_reference(conv, [x], dims)
+        assert_exact(Distribute(pattern, conv, **lengths)(x), expected)
+
+    def test_time_major_lstm(self) -> None:
+        lstm = nn.LSTM(4, 6, num_layers=2)
+        x = torch.randn(2, 3, 5, 4)
+        out, (h, c) = Distribute("b v t d -> t (b v) d", lstm)(x)
+        assert out.shape == (5, 2, 3, 6) and h.shape == c.shape == (2, 2, 3, 6)
+        for b in range(2):
+            for v in range(3):
+                ref_out, (ref_h, ref_c) = lstm(x[b, v].unsqueeze(1))
+                assert_exact(out[:, b, v], ref_out[:, 0])
+                assert_exact(h[:, b, v], ref_h[:, 0])
+                assert_exact(c[:, b, v], ref_c[:, 0])
+
+    def test_ellipsis_inside_the_group(self) -> None:
+        linear = nn.Linear(4, 2)
+        x = torch.randn(2, 3, 5, 4)
+        y = Distribute("... d -> (...) d", linear)(x)
+        assert_exact(y, loop_reference(linear, [x], [0, 1, 2]))
+
+    def test_group_after_an_ellipsis(self) -> None:
+        linear = nn.Linear(4, 2)
+        x = torch.randn(2, 3, 5, 4)
+        y = Distribute("... t d -> ... (t d)", lambda t: t * 2)(x)
+        assert_exact(y, x * 2)
+        assert_exact(Distribute("... t d -> ... t d", linear)(x), linear(x))
+
+    def test_unit_axes(self) -> None:
+        conv = nn.Conv2d(3, 2, 3)
+        x = torch.randn(3, 6, 6)
+        assert_exact(Distribute("c h w -> () c h w", conv)(x), conv(x.unsqueeze(0))[0])
+        assert_exact(Distribute("b 1 c h w -> (b) c h w", conv)(x[None, None]), conv(x[None]))
+
+    def test_no_group_only_rearranges(self) -> None:
+        seen = []
+        y = Distribute("b c t -> b t c", lambda t: seen.append(t.shape) or t)(torch.randn(2, 3, 4))
+        assert seen == [(2, 4, 3)] and y.shape == (2, 4, 3)
+
+
+class TestArguments:
+    def test_one_operand_folds_every_tensor(self) -> None:
+        attention = nn.MultiheadAttention(8, 2, batch_first=True)
+        q, k = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 7, 8)
+        out, weights = Distribute("b t l d -> (b t) l d", attention)(q, k, k)
+        ref_out, ref_weights = loop_reference(lambda a, b: attention(a, b, b), [q, k], [0, 1])
+        assert_exact(out, ref_out)
+        assert_exact(weights, ref_weights)
+
+    def test_several_operands(self) -> None:
+        x, n = torch.randn(2, 3, 4), torch.randn(2, 3, 5)
+
+        def combine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return torch.cat([a, b.flip(-1)], -1) * a.sum(-1, keepdim=True)
+
+        y = Distribute("b t c, b t n -> (b t) c, (b t) n", combine)(x, n)
+        assert_exact(y, loop_reference(combine, [x, n], [0, 1]))
+
+    def test_several_operands_with_different_layouts(self) -> None:
+        x, n = torch.randn(2, 3, 4), torch.randn(3, 5, 2)
+        y = Distribute("b t c, t n b -> (b t) c, (b t) n", lambda a, b: torch.cat([a, b], -1))(x, n)
+        assert_exact(y, torch.cat([x, n.permute(2, 0, 1)], -1))
+
+    def test_non_tensor_arguments_and_keywords_pass_through(self) -> None:
+        calls: list[Any] = []
+
+        def fn(x: torch.Tensor, scale: float, hx: Any = None, *, offset: torch.Tensor) -> torch.Tensor:
+            calls.append((scale, hx, offset.shape))
+            return x * scale + offset
+
+        offset = torch.randn(4)
+        y = Distribute("b t c -> (b t) c", fn)(torch.ones(2, 3, 4), 2.0, None, offset=offset)
+        assert calls == [(2.0, None, (4,))]
+        assert_exact(y, torch.ones(2, 3, 4) * 2 + offset)
+
+    def test_fold_kwargs_folds_a_padding_mask(self) -> None:
+        attention = nn.MultiheadAttention(8, 2, batch_first=True).eval()
+        q = torch.randn(2, 3, 5, 8)
+        mask = torch.zeros(2, 3, 5, dtype=torch.bool)
+        mask[..., 3:] = True
+        wrapped = Distribute("b t l d -> (b t) l d", attention, fold_kwargs={"key_padding_mask": "b t s -> (b t) s"})
+        out, weights = wrapped(q, q, q, key_padding_mask=mask)
+        for b in range(2):
+            for t in range(3):
+                ref_out, ref_w = attention(q[b, t][None], q[b, t][None], q[b, t][None], key_padding_mask=mask[b, t][None])
+                assert_exact(out[b, t], ref_out[0])
+                assert_exact(weights[b, t], ref_w[0])
+        assert torch.all(weights[..., 3:] == 0)
+
+    def test_fold_kwargs_leaves_none_alone(self) -> None:
+        wrapped = Distribute("b t c -> (b t) c", lambda x, mask=None: x if mask is None else x * 0,
+                             fold_kwargs={"mask": "b t -> (b t)"})
+        x = torch.randn(2, 3, 4)
+        assert_exact(wrapped(x, mask=None), x)
+
+    def test_any_callable(self) -> None:
+        x = torch.randn(2, 3, 4)
+        assert_exact(Distribute("b t c -> (b t) c", torch.sigmoid)(x), torch.sigmoid(x))
+        assert_exact(Distribute("b t c -> (b t) c", torch.softmax)(x, -1), torch.softmax(x, -1))
+
+
+class Pair(NamedTuple):
+    first: torch.Tensor
+    second: Any
+
+
+class TestOutputs:
+    def test_dicts_lists_and_namedtuples(self) -> None:
+        def fn(x: torch.Tensor) -> Any:
+            return {"logits": x * 2, "parts": [x + 1, Pair(x.sum(-1), "tag")], "note": None}
+
+        x = torch.randn(2, 3, 4)
+        y = Distribute("b t c -> (b t) c", fn)(x)
+        assert_exact(y["logits"], x * 2)
+        assert_exact(y["parts"][0], x + 1)
+        assert isinstance(y["parts"][1], Pair)
+        assert_exact(y["parts"][1].first, x.sum(-1))
+        assert y["parts"][1].second == "tag" and y["note"] is None
+
+    def test_out_pattern_for_every_tensor(self) -> None:
+        conv = nn.Conv2d(3, 5, 3)
+        x = torch.randn(2, 4, 3, 8, 8)
+        y = Distribute("b c t h w -> (b t) c h w", conv, out="(b t) c h w -> b c t h w")(x.transpose(1, 2))
+        expected = loop_reference(conv, [x], [0, 1]).transpose(1, 2)
+        assert_exact(y, expected)
+
+    def test_out_structure_with_none(self) -> None:
+        lstm = nn.LSTM(4, 6)
+        x = torch.randn(2, 5, 4)
+        out, (h, c) = Distribute("b t d -> t b d", lstm, out=("t b h -> b t h", None))(x)
+        ref_out, (ref_h, ref_c) = lstm(x.transpose(0, 1))
+        assert_exact(out, ref_out.transpose(0, 1))
+        assert h is not None and h.shape == ref_h.shape
+
+    def test_out_structure_dict_in_any_key_order(self) -> None:
+        x = torch.randn(2, 3, 4)
+        y = Distribute("b t c -> (b t) c", lambda a: {"a": a, "total": a.sum()},
+                       out={"total": None, "a": "(b t) c -> c b t"})(x)
+        assert_exact(y["a"], x.permute(2, 0, 1))
+        assert_exact(y["total"], x.sum())
+
+    def test_out_uses_keyword_lengths(self) -> None:
+        x = torch.randn(2, 3, 6)
+        y = Distribute("b t c -> (b t) c", lambda a: a, out="(b t) (g c) -> b t g c", g=2)(x)
+        assert_exact(y, x.unflatten(-1, (2, 3)))
+
+    def test_output_of_a_different_rank(self) -> None:
+        x = torch.randn(2, 3, 4, 4)
+        y = Distribute("b t h w -> (b t) h w", lambda a: a.flatten(1).sum(-1))(x)
+        assert_exact(y, x.flatten(2).sum(-1))
+
+    def test_unit_group_output_is_squeezed(self) -> None:
+        conv = nn.Conv2d(3, 2, 3)
+        x = torch.randn(3, 6, 6)
+        y, extra = Distribute("c h w -> () c h w", lambda a: (conv(a), conv(a).sum((2, 3))))(x)
+        assert y.shape == (2, 4, 4) and extra.shape == (2,)
+
+
+class TestFactoryAndFunctions:
+    def test_factory_form(self) -> None:
+        linear = nn.Linear(4, 2)
+        wrapped = Distribute("b t c -> (b t) c")(linear)
+        assert isinstance(wrapped, Distribute) and wrapped.module is linear
+        x = torch.randn(2, 3, 4)
+        assert_exact(wrapped(x), linear(x))
+
+    def test_decorator(self) -> None:
+        @foldaxes.distribute("b t c h w -> (b t) c h w")
+        def pool(frames: torch.Tensor) -> torch.Tensor:
+            assert frames.ndim == 4
+            return nn.functional.max_pool2d(frames, 2)
+
+        x = torch.randn(2, 3, 4, 8, 8)
+        assert pool.__name__ == "pool"
+        assert_exact(pool(x), loop_reference(lambda f: nn.functional.max_pool2d(f, 2), [x], [0, 1]))
+
+    def test_decorator_called_with_the_function(self) -> None:
+        double = foldaxes.distribute("b t c -> (b t) c", lambda a: a * 2)
+        x = torch.randn(2, 3, 4)
+        assert_exact(double(x), x * 2)
+
+    def test_fold_unfold_round_trip(self) -> None:
+        x = torch.randn(2, 3, 4, 5)
+        folded, spec = foldaxes.fold(x, "b c t d -> (b t) c d")
+        assert_exact(folded, einops.rearrange(x, "b c t d -> (b t) c d"))
+        assert spec.dim == 0 and spec.sizes == (2, 4) and spec.axes == ("b", "t")
+        assert_exact(foldaxes.unfold(folded, spec), x.permute(0, 2, 1, 3))
+        assert_exact(foldaxes.unfold(folded, spec, out="(b t) c d -> b c t d"), x)
+
+    def test_fold_several_tensors(self) -> None:
+        (a, b), spec = foldaxes.fold([torch.randn(2, 3, 4), torch.randn(3, 2)], "b t c, t b -> (b t) c, (b t)")
+        assert a.shape == (6, 4) and b.shape == (6,) and spec.sizes == (2, 3)
+
+    def test_spec_is_picklable_and_immutable(self) -> None:
+        import dataclasses
+        import pickle
+
+        _, spec = foldaxes.fold(torch.randn(2, 3, 4), "b t c -> (b t) c")
+        assert pickle.loads(pickle.dumps(spec)) == spec
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            spec.dim = 1  # type: ignore[misc]

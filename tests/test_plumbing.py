@@ -1,0 +1,204 @@
+"""Distribute as a module among modules: checkpoints, pickling, autograd, compile, hooks, threads."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+import threading
+from typing import Any
+
+import pytest
+import torch
+from conftest import assert_exact, loop_reference
+from torch import nn
+
+from foldaxes import Distribute, TimeDistributed
+
+
+def encoder() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+class Video(nn.Module):
+    def __init__(self, wrap: bool) -> None:
+        super().__init__()
+        self.enc = Distribute("b t c h w -> (b t) c h w", encoder()) if wrap else encoder()
+        self.head = nn.Linear(4, 2)
+
+
+class TestCheckpoints:
+    def test_keys_have_no_prefix(self) -> None:
+        assert list(Video(True).state_dict()) == list(Video(False).state_dict())
+        assert list(Distribute("b t c -> (b t) c", nn.Linear(2, 3)).state_dict()) == ["weight", "bias"]
+
+    @pytest.mark.parametrize("direction", ["plain-to-wrapped", "wrapped-to-plain"])
+    def test_checkpoints_load_both_ways(self, direction: str) -> None:
+        source, target = (Video(False), Video(True)) if direction == "plain-to-wrapped" else (Video(True), Video(False))
+        with torch.no_grad():
+            for parameter in source.parameters():
+                parameter.add_(torch.randn_like(parameter))
+        buffer = io.BytesIO()
+        torch.save(source.state_dict(), buffer)
+        buffer.seek(0)
+        result = target.load_state_dict(torch.load(buffer, weights_only=True))
+        assert not result.missing_keys and not result.unexpected_keys
+        for (name, a), (_, b) in zip(source.state_dict().items(), target.state_dict().items(), strict=True):
+            assert torch.equal(a, b), name
+
+    def test_strict_loading_still_reports_extra_and_missing_keys(self) -> None:
+        state = Video(False).state_dict()
+        state["enc.extra"] = torch.zeros(1)
+        del state["enc.0.bias"]
+        with pytest.raises(RuntimeError, match="extra") as info:
+            Video(True).load_state_dict(state)
+        assert "0.bias" in str(info.value)
+
+    def test_nested_distributes(self) -> None:
+        inner = Distribute("b v c h w -> (b v) c h w", encoder())
+        outer = Distribute("b t v c h w -> (b t) v c h w", inner)
+        assert list(outer.state_dict()) == list(encoder().state_dict())
+        outer.load_state_dict(encoder().state_dict())
+        assert outer(torch.randn(2, 3, 2, 3, 8, 8)).shape == (2, 3, 2, 4)
+
+    def test_whole_model_save_and_load(self) -> None:
+        model = Video(True).eval()
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+        x = torch.randn(2, 3, 3, 8, 8)
+        assert torch.equal(loaded.enc(x), model.enc(x))
+
+
+class TestCopies:
+    @pytest.mark.parametrize("clone", [pickle.loads, copy.deepcopy], ids=["pickle", "deepcopy"])
+    def test_copy_behaves_the_same(self, clone: Any) -> None:
+        wrapped = Distribute("b t c -> (b t) c", nn.Linear(4, 2), out="(b t) d -> t b d")
+        x = torch.randn(2, 3, 4)
+        wrapped(x)
+        copied = clone(pickle.dumps(wrapped)) if clone is pickle.loads else clone(wrapped)
+        assert copied.module is not wrapped.module
+        assert torch.equal(copied(x), wrapped(x))
+        assert list(copied.state_dict()) == ["weight", "bias"]
+
+    def test_repr_shows_pattern_and_module(self) -> None:
+        text = repr(Distribute("b (t v) d -> (b t v) d", nn.Linear(4, 2), v=2))
+        assert "'b (t v) d -> (b t v) d'" in text and "v=2" in text and "Linear(in_features=4" in text
+        assert "fn=" in repr(Distribute("b t d -> (b t) d", torch.tanh))
+
+
+class TestModulePlumbing:
+    def test_train_eval_and_to_reach_the_module(self) -> None:
+        wrapped = TimeDistributed(encoder())
+        wrapped.eval()
+        assert not wrapped.module.training
+        wrapped.to(torch.float64)
+        assert all(p.dtype == torch.float64 for p in wrapped.module.parameters())
+        assert len(list(wrapped.parameters())) == len(list(encoder().parameters()))
+
+    def test_hooks_fire_once_per_call(self) -> None:
+        linear = nn.Linear(4, 2)
+        calls = []
+        linear.register_forward_pre_hook(lambda m, args: calls.append(("pre", args[0].shape)))
+        linear.register_forward_hook(lambda m, args, out: calls.append(("post", out.shape)))
+        Distribute("b t c -> (b t) c", linear)(torch.randn(2, 3, 4))
+        assert calls == [("pre", (6, 4)), ("post", (6, 2))]
+
+    def test_batchnorm_sees_every_frame(self) -> None:
+        norm = nn.BatchNorm1d(4, momentum=1.0)
+        x = torch.randn(2, 3, 4)
+        TimeDistributed(norm, True)(x)
+        assert torch.allclose(norm.running_mean, x.reshape(6, 4).mean(0))
+        assert int(norm.num_batches_tracked) == 1
+
+    def test_inside_sequential_and_module_dict(self) -> None:
+        model = nn.Sequential(
+            Distribute("b t c h w -> (b t) c h w", encoder()), nn.ModuleDict({"head": TimeDistributed(nn.Linear(4, 2))})
+        )
+        y = model[1]["head"](model[0](torch.randn(2, 3, 3, 8, 8)))
+        assert y.shape == (2, 3, 2)
+
+
+@pytest.mark.usefixtures("float64")
+class TestAutograd:
+    def test_gradcheck(self) -> None:
+        linear = nn.Linear(3, 2)
+        wrapped = Distribute("b c t -> (b t) c", linear)
+        x = torch.randn(2, 3, 4, requires_grad=True)
+        assert torch.autograd.gradcheck(wrapped, (x,))
+
+    def test_gradcheck_several_operands_and_nested_output(self) -> None:
+        wrapped = Distribute("b t x, t b y -> (b t) x, (b t) y", lambda a, b: (a * b.sum(-1, keepdim=True), {"b": b}))
+        a = torch.randn(2, 3, 4, requires_grad=True)
+        b = torch.randn(3, 2, 2, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda a, b: (lambda r: (r[0], r[1]["b"]))(wrapped(a, b)), (a, b))
+
+    def test_gradients_match_the_loop(self) -> None:
+        conv = nn.Conv2d(3, 2, 3)
+        x = torch.randn(2, 3, 3, 6, 6, requires_grad=True)
+        Distribute("b t c h w -> (b t) c h w", conv)(x).square().sum().backward()
+        grad, weight_grad = x.grad.clone(), conv.weight.grad.clone()
+        x.grad, conv.weight.grad = None, None
+        loop_reference(conv, [x], [0, 1]).square().sum().backward()
+        assert_exact(grad, x.grad)
+        assert_exact(weight_grad, conv.weight.grad)
+
+
+class RecurrentLike(nn.Module):
+    """Returns ``(out, (h, c))`` like nn.LSTM, which torch.compile itself cannot trace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        out = self.linear(x).cumsum(0)
+        return out, (out[-1:], out.mean(0, keepdim=True))
+
+
+class TestCompile:
+    @pytest.mark.parametrize(
+        ("make", "shape"),
+        [
+            (lambda: Distribute("b t c h w -> (b t) c h w", nn.Conv2d(3, 4, 3)), (2, 3, 3, 8, 8)),
+            (lambda: TimeDistributed(nn.Linear(4, 2), True), (2, 3, 4)),
+            (lambda: Distribute("b c t h w -> (b t) c h w", nn.Conv2d(3, 4, 3), out="(b t) c h w -> b c t h w"),
+             (2, 3, 4, 8, 8)),
+            (lambda: Distribute("b v t d -> t (b v) d", RecurrentLike()), (2, 3, 4, 4)),
+        ],
+        ids=["conv", "time-distributed", "out-pattern", "lstm-nested"],
+    )
+    def test_fullgraph(self, make: Any, shape: tuple[int, ...]) -> None:
+        torch._dynamo.reset()
+        wrapped = make()
+        x = torch.randn(shape)
+        compiled = torch.compile(wrapped, fullgraph=True, backend="eager")
+        expected = wrapped(x)
+        assert_exact(compiled(x), expected)
+
+
+class TestThreads:
+    def test_shared_instance_under_threads(self) -> None:
+        linear = nn.Linear(4, 2)
+        wrapped = Distribute("... t c -> (... t) c", linear)
+        shapes = [(2, 3, 4), (3, 4), (2, 2, 5, 4), (1, 1, 1, 1, 4), (5, 1, 4), (2, 6, 4), (7, 4), (2, 2, 2, 2, 2, 4)]
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(len(shapes))
+
+        def run(shape: tuple[int, ...]) -> None:
+            try:
+                barrier.wait()
+                for _ in range(20):
+                    x = torch.randn(shape)
+                    with torch.no_grad():
+                        assert torch.allclose(wrapped(x), linear(x))
+            except BaseException as error:  # noqa: BLE001 - re-raised in the main thread below
+                errors.append(error)
+
+        threads = [threading.Thread(target=run, args=(shape,)) for shape in shapes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors
