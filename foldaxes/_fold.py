@@ -57,13 +57,13 @@ def _cached_output_rules(
 
 
 @overload
-def fold(x: torch.Tensor, pattern: str, **axes_lengths: int) -> tuple[torch.Tensor, FoldSpec]: ...
+def fold(x: torch.Tensor, pattern: str, /, **axes_lengths: int) -> tuple[torch.Tensor, FoldSpec]: ...
 @overload
 def fold(
-    x: Sequence[torch.Tensor], pattern: str, **axes_lengths: int
+    x: Sequence[torch.Tensor], pattern: str, /, **axes_lengths: int
 ) -> tuple[tuple[torch.Tensor, ...], FoldSpec]: ...
 def fold(
-    x: torch.Tensor | Sequence[torch.Tensor], pattern: str, **axes_lengths: int
+    x: torch.Tensor | Sequence[torch.Tensor], pattern: str, /, **axes_lengths: int
 ) -> tuple[torch.Tensor | tuple[torch.Tensor, ...], FoldSpec]:
     """Rearranges ``x`` by ``pattern`` and returns it with the spec that ``unfold`` needs.
 
@@ -73,7 +73,8 @@ def fold(
         x: A tensor, or a sequence of tensors (one per operand of a multi-operand pattern, or all folded by a
             single-operand pattern).
         pattern: An einops pattern such as ``"b t c h w -> (b t) c h w"``.
-        **axes_lengths: Lengths of axes that cannot be read off the shape, as in einops.
+        **axes_lengths: Lengths of axes that cannot be read off the shape, as in einops. ``x`` and ``pattern``
+            are positional-only, so any axis name can be given a length.
 
     Returns:
         The folded tensor (a tuple for a sequence), and a ``FoldSpec``.
@@ -127,17 +128,18 @@ def unfold(y: Any, spec: FoldSpec, out: OutSpec = None) -> Any:
 
 @overload
 def distribute(
-    pattern: str, fn: None = None, *, out: OutSpec = None, fold_kwargs: Mapping[str, str] | None = None,
+    pattern: str, fn: None = None, /, *, out: OutSpec = None, fold_kwargs: Mapping[str, str] | None = None,
     **axes_lengths: int,
 ) -> Callable[[F], F]: ...
 @overload
 def distribute(
-    pattern: str, fn: F, *, out: OutSpec = None, fold_kwargs: Mapping[str, str] | None = None,
+    pattern: str, fn: F, /, *, out: OutSpec = None, fold_kwargs: Mapping[str, str] | None = None,
     **axes_lengths: int,
 ) -> F: ...
 def distribute(
     pattern: str,
     fn: Callable[..., Any] | None = None,
+    /,
     *,
     out: OutSpec = None,
     fold_kwargs: Mapping[str, str] | None = None,

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -53,6 +53,8 @@ class Folding:
         self.kwarg_rules = _kwarg_rules(pattern, fold_kwargs, known)
         self.outputs = OutputRules(pattern, out, self.group_axes, lengths)
         self._check_lengths()
+        self._compared = tuple(self._sizes_to_compare(rule) for rule in self.rules)
+        self._compared_kwargs = {name: self._sizes_to_compare(rule) for name, rule in self.kwarg_rules.items()}
         self._flatten_spans: dict[int, tuple[int, int]] = {}
         self._fast = self.single and out is None
 
@@ -74,25 +76,24 @@ class Folding:
 
     def fold_arguments(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[list[Any], dict[str, Any], int | None, tuple[int, ...]]:
+    ) -> tuple[list[Any], dict[str, Any], int | None, Sequence[int]]:
         """Folds every tensor argument; returns the new arguments, the folded dim and the folded group's sizes.
 
         Raises:
             FoldError: the arguments do not fit the pattern or disagree with each other.
         """
         positions = [i for i, arg in enumerate(args) if isinstance(arg, torch.Tensor)]
-        if not self.single and len(positions) != len(self.rules):
-            raise self._count_error(args, positions)
-        if not positions:
+        if not positions or (not self.single and len(positions) != len(self.rules)):
             raise self._count_error(args, positions)
         folded_args = list(args)
         seen: dict[str, tuple[int, str]] = {}
         dim: int | None = None
-        sizes: tuple[int, ...] = ()
+        sizes: Sequence[int] = ()
         for operand, position in enumerate(positions):
-            rule = self.rules[0 if self.single else operand]
-            label = f"argument {position}"
-            folded_args[position], group_sizes, group_dim = self._fold_one(rule, args[position], label, seen)
+            index = 0 if self.single else operand
+            folded_args[position], group_sizes, group_dim = self._fold_one(
+                self.rules[index], self._compared[index], args[position], f"argument {position}", seen
+            )
             if (self.single and operand == 0) or (not self.single and operand == self.folded):
                 dim, sizes = group_dim, group_sizes
         folded_kwargs = dict(kwargs)
@@ -105,13 +106,20 @@ class Folding:
                     f"Keyword argument '{name}' is listed in fold_kwargs but is a {type(value).__name__}, "
                     "not a tensor. Pass a tensor, or None to leave it out."
                 )
-            folded_kwargs[name], _, _ = self._fold_one(rule, value, f"keyword argument '{name}'", seen)
+            folded_kwargs[name], _, _ = self._fold_one(
+                rule, self._compared_kwargs[name], value, f"keyword argument '{name}'", seen
+            )
         return folded_args, folded_kwargs, dim, sizes
 
     def _fold_one(
-        self, rule: Rule, x: torch.Tensor, label: str, seen: dict[str, tuple[int, str]]
-    ) -> tuple[torch.Tensor, tuple[int, ...], int | None]:
-        plan = rule.plan(x.ndim, label, tuple(x.shape))
+        self,
+        rule: Rule,
+        compared: tuple[frozenset[str], bool],
+        x: torch.Tensor,
+        label: str,
+        seen: dict[str, tuple[int, str]],
+    ) -> tuple[torch.Tensor, Sequence[int], int | None]:
+        plan = rule.plan(x, label)
         if self._fast and plan.flatten_only is not None and rule is self.rules[0]:
             self._flatten_spans[x.ndim] = plan.flatten_only
         try:
@@ -127,13 +135,23 @@ class Folding:
                     hint="Pass a tensor whose sizes match, or correct the axis lengths given as keywords.",
                 )
             ) from None
-        compared = self.group_axes or () if self.single else rule.operand.names
+        names, same_group = compared
         for name, size in zip(plan.names, elementary, strict=True):
-            if name in compared and not name.startswith(ELLIPSIS):
+            if name in names:
                 self._agree(rule, name, size, label, x, seen)
-        if group_sizes is not None and rule.operand.group_axes == self.group_axes and ELLIPSIS in compared:
-            self._agree(rule, "(" + ELLIPSIS + ")", _size_key(group_sizes), label, x, seen)
-        return folded, tuple(group_sizes or ()), plan.group_dim
+        if same_group and group_sizes is not None:
+            self._agree(rule, "(" + ELLIPSIS + ")", tuple(group_sizes), label, x, seen)
+        return folded, group_sizes or (), plan.group_dim
+
+    def _sizes_to_compare(self, rule: Rule) -> tuple[frozenset[str], bool]:
+        """Which axis names of ``rule`` must agree with other arguments, and whether its ``...`` group must.
+
+        With one operand for every argument only the folded axes must agree (other axes, such as the lengths of
+        queries and keys, may differ); with one operand per argument every shared name must.
+        """
+        names = frozenset(self.group_axes or ()) if self.single else rule.operand.names
+        same_group = ELLIPSIS in names and rule.operand.group_axes == self.group_axes
+        return frozenset(name for name in names if name != ELLIPSIS), same_group
 
     def _agree(
         self, rule: Rule, name: str, size: int, label: str, x: torch.Tensor, seen: dict[str, tuple[int, str]]
@@ -178,7 +196,11 @@ class Folding:
             if isinstance(length, bool) or not isinstance(length, int) or length < 1:
                 raise FoldError(
                     format_message(
-                        f"The length of axis '{name}' must be a positive int, not {length!r}.", pattern=self.pattern
+                        f"The length of axis '{name}' must be a positive int, not {length!r}.",
+                        pattern=self.pattern,
+                        hint="Pass the pattern and the module positionally: Distribute(pattern, module)."
+                        if callable(length)
+                        else None,
                     )
                 )
             if name not in used:
@@ -214,10 +236,6 @@ def _kwarg_rules(pattern: str, fold_kwargs: Mapping[str, str] | None, known: fro
             )
         rules[name] = Rule(text, parse_rule(text, known, f"fold_kwargs['{name}']"), known)
     return rules
-
-
-def _size_key(sizes: tuple[int, ...] | torch.Size) -> Any:
-    return tuple(sizes)
 
 
 def _size_text(size: Any) -> str:

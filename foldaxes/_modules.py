@@ -39,7 +39,8 @@ class Distribute(nn.Module):
             a structure matching the module's output with a pattern or ``None`` (returned as is) at each leaf.
         fold_kwargs: Keyword arguments to fold too, each with its own pattern, for example
             ``{"key_padding_mask": "b t s -> (b t) s"}``. Other keyword arguments pass through untouched.
-        **axes_lengths: Lengths of axes that cannot be read off the shapes, as in einops.
+        **axes_lengths: Lengths of axes that cannot be read off the shapes, as in einops. ``pattern`` and
+            ``module`` are positional-only, so any axis name (``out`` and ``fold_kwargs`` aside) can be given.
 
     Raises:
         FoldError: the pattern, ``out`` or ``fold_kwargs`` is malformed (when built), or a call's tensors do not
@@ -59,6 +60,7 @@ class Distribute(nn.Module):
         self,
         pattern: str,
         module: Callable[..., Any] | None = None,
+        /,
         *,
         out: OutSpec = None,
         fold_kwargs: Mapping[str, str] | None = None,

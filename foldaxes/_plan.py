@@ -121,11 +121,12 @@ class Rule:
         self.known = known
         self._plans: dict[int, Plan] = {}
 
-    def plan(self, ndim: int, label: str, shape: tuple[int, ...]) -> Plan:
-        """The plan for a tensor of rank ``ndim``; ``label`` and ``shape`` only serve error messages."""
+    def plan(self, x: torch.Tensor, label: str) -> Plan:
+        """The plan for tensors of the rank of ``x``; ``label`` names ``x`` in error messages."""
+        ndim = x.ndim
         plan = self._plans.get(ndim)
         if plan is None:
-            plan = self._build(ndim, label, shape)
+            plan = self._build(ndim, label, tuple(x.shape))
             if len(self._plans) >= _MAX_PLANS:
                 self._plans.clear()
             self._plans[ndim] = plan

@@ -143,7 +143,7 @@ class OutputRules:
 
     def _rearrange(self, rule: Rule, leaf: torch.Tensor, result: Any, bindings: dict[str, int]) -> torch.Tensor:
         label = f"output {_path(leaf, result)}" if leaf is not result else "the output"
-        plan = rule.plan(leaf.ndim, label, tuple(leaf.shape))
+        plan = rule.plan(leaf, label)
         try:
             return plan.apply(leaf, bindings)[0]
         except SizeMismatch as mismatch:

@@ -176,6 +176,14 @@ class TestCompile:
         compiled = torch.compile(wrapped, fullgraph=True, backend="eager")
         expected = wrapped(x)
         assert_exact(compiled(x), expected)
+        assert torch._dynamo.explain(wrapped)(x).graph_break_count == 0
+
+    def test_inductor(self) -> None:
+        torch._dynamo.reset()
+        wrapped = Distribute("b t c h w -> (b t) c h w", nn.Conv2d(3, 4, 3))
+        x = torch.randn(2, 3, 3, 8, 8)
+        compiled = torch.compile(wrapped, fullgraph=True)
+        torch.testing.assert_close(compiled(x), wrapped(x))
 
 
 class TestThreads:
