@@ -128,12 +128,22 @@ def unfold(y: Any, spec: FoldSpec, out: OutSpec = None) -> Any:
 
 @overload
 def distribute(
-    pattern: str, fn: None = None, /, *, out: OutSpec = None, fold_kwargs: Mapping[str, str] | None = None,
+    pattern: str,
+    fn: None = None,
+    /,
+    *,
+    out: OutSpec = None,
+    fold_kwargs: Mapping[str, str] | None = None,
     **axes_lengths: int,
 ) -> Callable[[F], F]: ...
 @overload
 def distribute(
-    pattern: str, fn: F, /, *, out: OutSpec = None, fold_kwargs: Mapping[str, str] | None = None,
+    pattern: str,
+    fn: F,
+    /,
+    *,
+    out: OutSpec = None,
+    fold_kwargs: Mapping[str, str] | None = None,
     **axes_lengths: int,
 ) -> F: ...
 def distribute(

@@ -69,7 +69,7 @@ class Folding:
                     folded = x.flatten(start, end)
                     y = fn(folded)
                     if isinstance(y, torch.Tensor) and y.ndim > start and y.shape[start] == folded.shape[start]:
-                        return y.unflatten(start, x.shape[start : end + 1])
+                        return torch.unflatten(y, start, x.shape[start : end + 1])
                     return self.outputs.unfold(y, start, x.shape[start : end + 1])
         folded_args, folded_kwargs, dim, sizes = self.fold_arguments(args, kwargs)
         return self.outputs.unfold(fn(*folded_args, **folded_kwargs), dim, sizes)
@@ -86,7 +86,7 @@ class Folding:
         if not positions or (not self.single and len(positions) != len(self.rules)):
             raise self._count_error(args, positions)
         folded_args = list(args)
-        seen: dict[str, tuple[int, str]] = {}
+        seen: dict[str, tuple[object, str]] = {}
         dim: int | None = None
         sizes: Sequence[int] = ()
         for operand, position in enumerate(positions):
@@ -117,7 +117,7 @@ class Folding:
         compared: tuple[frozenset[str], bool],
         x: torch.Tensor,
         label: str,
-        seen: dict[str, tuple[int, str]],
+        seen: dict[str, tuple[object, str]],
     ) -> tuple[torch.Tensor, Sequence[int], int | None]:
         plan = rule.plan(x, label)
         if self._fast and plan.flatten_only is not None and rule is self.rules[0]:
@@ -154,7 +154,7 @@ class Folding:
         return frozenset(name for name in names if name != ELLIPSIS), same_group
 
     def _agree(
-        self, rule: Rule, name: str, size: int, label: str, x: torch.Tensor, seen: dict[str, tuple[int, str]]
+        self, rule: Rule, name: str, size: object, label: str, x: torch.Tensor, seen: dict[str, tuple[object, str]]
     ) -> None:
         first = seen.setdefault(name, (size, label))
         if first[0] != size:
@@ -238,5 +238,5 @@ def _kwarg_rules(pattern: str, fold_kwargs: Mapping[str, str] | None, known: fro
     return rules
 
 
-def _size_text(size: Any) -> str:
+def _size_text(size: object) -> str:
     return f"({', '.join(str(s) for s in size)})" if isinstance(size, tuple) else str(size)

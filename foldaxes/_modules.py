@@ -68,10 +68,20 @@ class Distribute(nn.Module):
     ) -> None:
         super().__init__()
         self._folding = Folding(pattern, out=out, fold_kwargs=fold_kwargs, lengths=axes_lengths)
-        self._options = {"out": out, "fold_kwargs": fold_kwargs, **axes_lengths}
+        if module is not None and not callable(module):
+            raise FoldError(
+                format_message(
+                    f"Distribute wraps a module or another callable, not a {type(module).__name__}.",
+                    pattern=pattern,
+                    hint="Pass the module as the second positional argument.",
+                )
+            )
+        self._out = out
+        self._fold_kwargs = fold_kwargs
+        self._lengths = axes_lengths
         self.module = module
-        self.register_state_dict_post_hook(_drop_child_prefix)
-        self.register_load_state_dict_pre_hook(_add_child_prefix)
+        self.register_state_dict_post_hook(_drop_child_prefix)  # type: ignore[no-untyped-call]
+        self.register_load_state_dict_pre_hook(_add_child_prefix)  # type: ignore[no-untyped-call]
 
     @property
     def pattern(self) -> str:
@@ -94,13 +104,14 @@ class Distribute(nn.Module):
                     hint="Write Distribute(pattern, module), or Distribute(pattern)(module).",
                 )
             )
-        options = dict(self._options)
-        return Distribute(self.pattern, args[0], out=options.pop("out"), fold_kwargs=options.pop("fold_kwargs"),
-                          **options)
+        return Distribute(self.pattern, args[0], out=self._out, fold_kwargs=self._fold_kwargs, **self._lengths)
 
     def extra_repr(self) -> str:
         parts = [repr(self.pattern)]
-        parts += [f"{key}={value!r}" for key, value in self._options.items() if value is not None]
+        parts += [f"{key}={value!r}" for key, value in self._lengths.items()]
+        parts += [
+            f"{key}={value!r}" for key, value in [("out", self._out), ("fold_kwargs", self._fold_kwargs)] if value
+        ]
         if self.module is not None and not isinstance(self.module, nn.Module):
             parts.append(f"fn={self.module!r}")
         return ", ".join(parts)

@@ -208,8 +208,7 @@ def _parse_side(text: str, side_text: str, label: str) -> ParsedExpression:
 
 def _composition(parsed: ParsedExpression) -> Composition:
     return tuple(
-        element if isinstance(element, str) else tuple(str(name) for name in element)
-        for element in parsed.composition
+        element if isinstance(element, str) else tuple(str(name) for name in element) for element in parsed.composition
     )
 
 

@@ -66,9 +66,7 @@ class Plan:
     group_dim: int | None
     flatten_only: tuple[int, int] | None
 
-    def apply(
-        self, x: torch.Tensor, lengths: Mapping[str, int]
-    ) -> tuple[torch.Tensor, torch.Size | None, torch.Size]:
+    def apply(self, x: torch.Tensor, lengths: Mapping[str, int]) -> tuple[torch.Tensor, torch.Size | None, torch.Size]:
         """Rearranges ``x``; returns it with the folded group's sizes and the sizes of the elementary axes.
 
         Raises:
@@ -94,7 +92,7 @@ class Plan:
                     f"with {', '.join(f'{n}={lengths[n]}' for i, n in enumerate(names) if i != unknown)}",
                     names[unknown] if unknown >= 0 else names[0],
                 )
-            x = x.unflatten(dim, sizes)
+            x = torch.unflatten(x, dim, sizes)
         elementary = x.shape
         if self.permutation is not None:
             x = x.permute(self.permutation)

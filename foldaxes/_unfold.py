@@ -84,8 +84,10 @@ class OutputRules:
                 return self._split(result, result, dim, sizes, total)
             leaves, spec = flatten(result)
             return unflatten(
-                [self._split(leaf, result, dim, sizes, total) if isinstance(leaf, torch.Tensor) else leaf
-                 for leaf in leaves],
+                [
+                    self._split(leaf, result, dim, sizes, total) if isinstance(leaf, torch.Tensor) else leaf
+                    for leaf in leaves
+                ],
                 spec,
             )
         bindings = {**self.lengths, **bind_group(self.group_axes, sizes)}
@@ -94,8 +96,8 @@ class OutputRules:
             return self._rearrange_all(rule, result, result, bindings)
         try:
             return map_structure(
-                lambda pattern, part: part if pattern is None else self._rearrange_all(
-                    self.rules[pattern], part, result, bindings
+                lambda pattern, part: (
+                    part if pattern is None else self._rearrange_all(self.rules[pattern], part, result, bindings)
                 ),
                 self.structure,
                 result,
@@ -110,9 +112,7 @@ class OutputRules:
                 )
             ) from None
 
-    def _split(
-        self, leaf: torch.Tensor, result: Any, dim: int, sizes: Sequence[int], total: int
-    ) -> torch.Tensor:
+    def _split(self, leaf: torch.Tensor, result: Any, dim: int, sizes: Sequence[int], total: int) -> torch.Tensor:
         if leaf.ndim <= dim or leaf.shape[dim] != total:
             found = "no such dim" if leaf.ndim <= dim else f"size {leaf.shape[dim]}"
             axes = " ".join("..." if a == ELLIPSIS else a for a in self.group_axes)
@@ -129,15 +129,17 @@ class OutputRules:
             )
         if not sizes:
             return leaf.squeeze(dim)
-        return leaf.unflatten(dim, sizes)
+        return torch.unflatten(leaf, dim, sizes)
 
     def _rearrange_all(self, rule: Rule, part: Any, result: Any, bindings: dict[str, int]) -> Any:
         if isinstance(part, torch.Tensor):
             return self._rearrange(rule, part, result, bindings)
         leaves, spec = flatten(part)
         return unflatten(
-            [self._rearrange(rule, leaf, result, bindings) if isinstance(leaf, torch.Tensor) else leaf
-             for leaf in leaves],
+            [
+                self._rearrange(rule, leaf, result, bindings) if isinstance(leaf, torch.Tensor) else leaf
+                for leaf in leaves
+            ],
             spec,
         )
 

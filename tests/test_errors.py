@@ -37,8 +37,17 @@ class TestBadPatterns:
             ("b (t v) c -> (b t v) c", {"v": 0}, "must be a positive int"),
         ],
         ids=[
-            "no-arrow", "two-arrows", "operand-count", "nested-groups", "bad-character", "one-sided-axis",
-            "anonymous-axis", "ellipsis-in-left-group", "duplicate-axis", "two-unknowns", "unused-length",
+            "no-arrow",
+            "two-arrows",
+            "operand-count",
+            "nested-groups",
+            "bad-character",
+            "one-sided-axis",
+            "anonymous-axis",
+            "ellipsis-in-left-group",
+            "duplicate-axis",
+            "two-unknowns",
+            "unused-length",
             "zero-length",
         ],
     )
@@ -70,8 +79,15 @@ class TestBadPatterns:
             ({"fold_kwargs": {"mask": 3}}, "fold_kwargs['mask'] must be a pattern string"),
             ({"fold_kwargs": {"mask": "b t s"}}, "In fold_kwargs['mask']"),
         ],
-        ids=["out-no-arrow", "out-bad-leaf", "out-two-operands", "out-unknowns", "kwargs-not-mapping",
-             "kwargs-not-string", "kwargs-bad-pattern"],
+        ids=[
+            "out-no-arrow",
+            "out-bad-leaf",
+            "out-two-operands",
+            "out-unknowns",
+            "kwargs-not-mapping",
+            "kwargs-not-string",
+            "kwargs-bad-pattern",
+        ],
     )
     def test_bad_options(self, options: dict[str, Any], expected: str) -> None:
         assert expected in message(lambda: Distribute("b t c -> (b t) c", nn.Identity(), **options))

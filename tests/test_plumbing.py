@@ -163,8 +163,10 @@ class TestCompile:
         [
             (lambda: Distribute("b t c h w -> (b t) c h w", nn.Conv2d(3, 4, 3)), (2, 3, 3, 8, 8)),
             (lambda: TimeDistributed(nn.Linear(4, 2), True), (2, 3, 4)),
-            (lambda: Distribute("b c t h w -> (b t) c h w", nn.Conv2d(3, 4, 3), out="(b t) c h w -> b c t h w"),
-             (2, 3, 4, 8, 8)),
+            (
+                lambda: Distribute("b c t h w -> (b t) c h w", nn.Conv2d(3, 4, 3), out="(b t) c h w -> b c t h w"),
+                (2, 3, 4, 8, 8),
+            ),
             (lambda: Distribute("b v t d -> t (b v) d", RecurrentLike()), (2, 3, 4, 4)),
         ],
         ids=["conv", "time-distributed", "out-pattern", "lstm-nested"],
@@ -201,7 +203,7 @@ class TestThreads:
                     x = torch.randn(shape)
                     with torch.no_grad():
                         assert torch.allclose(wrapped(x), linear(x))
-            except BaseException as error:  # noqa: BLE001 - re-raised in the main thread below
+            except BaseException as error:
                 errors.append(error)
 
         threads = [threading.Thread(target=run, args=(shape,)) for shape in shapes]
