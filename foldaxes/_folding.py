@@ -66,13 +66,17 @@ class Folding:
                 span = self._flatten_spans.get(x.ndim)
                 if span is not None:
                     start, end = span
-                    folded = x.flatten(start, end)
-                    y = fn(folded)
-                    if isinstance(y, torch.Tensor) and y.ndim > start and y.shape[start] == folded.shape[start]:
-                        return torch.unflatten(y, start, x.shape[start : end + 1])
-                    return self.outputs.unfold(y, start, x.shape[start : end + 1])
-        folded_args, folded_kwargs, dim, sizes = self.fold_arguments(args, kwargs)
-        return self.outputs.unfold(fn(*folded_args, **folded_kwargs), dim, sizes)
+                    sizes = x.shape[start : end + 1]
+                    y = fn(x.flatten(start, end))
+                    if isinstance(y, torch.Tensor):
+                        # Cheaper than checking the size first; a mismatch is reported by the general path below.
+                        try:
+                            return torch.unflatten(y, start, sizes)
+                        except (RuntimeError, IndexError):
+                            pass
+                    return self.outputs.unfold(y, start, sizes)
+        folded_args, folded_kwargs, dim, group_sizes = self.fold_arguments(args, kwargs)
+        return self.outputs.unfold(fn(*folded_args, **folded_kwargs), dim, group_sizes)
 
     def fold_arguments(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]

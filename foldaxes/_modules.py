@@ -90,9 +90,12 @@ class Distribute(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Folds the tensor arguments, calls the wrapped module once, and unfolds its output."""
-        module = self.module
+        # nn.Module.__getattr__ costs more than a whole fold, so the child is looked up directly.
+        module: Callable[..., Any] | None = self._modules.get(_CHILD)
         if module is None:
-            return self._bind(args, kwargs)
+            module = self.module
+            if module is None:
+                return self._bind(args, kwargs)
         return self._folding(module, args, kwargs)
 
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Distribute:
