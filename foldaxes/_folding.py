@@ -55,7 +55,7 @@ class Folding:
         self._check_lengths()
         self._compared = tuple(self._sizes_to_compare(rule) for rule in self.rules)
         self._compared_kwargs = {name: self._sizes_to_compare(rule) for name, rule in self.kwarg_rules.items()}
-        self._flatten_spans: dict[int, tuple[int, int]] = {}
+        self._flatten_spans: dict[int, tuple[int, int] | None] = {}
         self._fast = self.single and out is None
 
     def __call__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -63,7 +63,10 @@ class Folding:
         if len(args) == 1 and not kwargs:
             x = args[0]
             if isinstance(x, torch.Tensor):
-                span = self._flatten_spans.get(x.ndim)
+                spans, ndim = self._flatten_spans, x.ndim
+                if ndim not in spans:
+                    spans[ndim] = self._flatten_span(x)
+                span = spans[ndim]
                 if span is not None:
                     start, end = span
                     sizes = x.shape[start : end + 1]
@@ -77,6 +80,10 @@ class Folding:
                     return self.outputs.unfold(y, start, sizes)
         folded_args, folded_kwargs, dim, group_sizes = self.fold_arguments(args, kwargs)
         return self.outputs.unfold(fn(*folded_args, **folded_kwargs), dim, group_sizes)
+
+    def _flatten_span(self, x: torch.Tensor) -> tuple[int, int] | None:
+        """``(start, end)`` when one ``x.flatten(start, end)`` is the whole fold of tensors of this rank."""
+        return self.rules[0].plan(x, "argument 0").flatten_only if self._fast else None
 
     def fold_arguments(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -124,8 +131,6 @@ class Folding:
         seen: dict[str, tuple[object, str]],
     ) -> tuple[torch.Tensor, Sequence[int], int | None]:
         plan = rule.plan(x, label)
-        if self._fast and plan.flatten_only is not None and rule is self.rules[0]:
-            self._flatten_spans[x.ndim] = plan.flatten_only
         try:
             folded, group_sizes, elementary = plan.apply(x, self.lengths)
         except SizeMismatch as mismatch:
