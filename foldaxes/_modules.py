@@ -27,7 +27,8 @@ class Distribute(nn.Module):
     Folding is a view whenever the input's strides allow it (contiguous tensors, inner crops, channels_last
     frames, ``(t b)`` on time-major tensors); otherwise it is one copy. Unfolding is always a view, so the
     module's output keeps its memory format. ``state_dict()`` keys are those of the wrapped module, without a
-    prefix, so checkpoints load with and without the wrapper.
+    prefix, so checkpoints load with and without the wrapper; ``named_parameters()`` keeps the ``module.``
+    prefix, so give ``torch.func.functional_call`` ``dict(wrapper.named_parameters())``.
 
     Args:
         pattern: An einops expression ``"lhs -> rhs"``, with one comma-separated operand per tensor argument, or

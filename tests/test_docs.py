@@ -6,6 +6,8 @@ import doctest
 import importlib
 import inspect
 import pkgutil
+import re
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +37,25 @@ def test_public_names_are_documented_with_an_example(name: str) -> None:
 def test_all_is_exactly_the_public_names() -> None:
     public = {name for name in vars(foldaxes) if not name.startswith("_")}
     assert set(foldaxes.__all__) == public - {"annotations"}
+
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PRINT_WITH_EXPECTATION = re.compile(r"^(\s*)print\((.*)\)\s*#\s*(.+)$")
+
+
+def _check(expected: str, *values: object) -> None:
+    printed = " ".join(str(value) for value in values)
+    assert expected.startswith(printed), f"printed {printed!r}, the page says {expected!r}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[page.name for page in PAGES])
+def test_page_code_runs_and_prints_what_it_says(page: Path) -> None:
+    """Runs a page's python blocks in order; ``print(x)  # text`` must print what ``text`` starts with."""
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.DOTALL)
+    assert blocks, f"{page.name} has no python example"
+    lines = []
+    for line in "\n".join(blocks).splitlines():
+        match = PRINT_WITH_EXPECTATION.match(line)
+        lines.append(f"{match[1]}_check({match[3]!r}, {match[2]})" if match else line)
+    exec(compile("\n".join(lines), str(page), "exec"), {"_check": _check, "__name__": "__docs__"})

@@ -188,6 +188,14 @@ class TestCompile:
         torch.testing.assert_close(compiled(x), wrapped(x))
 
 
+class TestTrace:
+    def test_jit_trace_generalises_to_other_sizes(self) -> None:
+        conv = nn.Conv2d(3, 4, 3)
+        traced = torch.jit.trace(TimeDistributed(conv, True), torch.randn(2, 3, 3, 8, 8))
+        x = torch.randn(4, 2, 3, 8, 8)
+        torch.testing.assert_close(traced(x), conv(x.flatten(0, 1)).unflatten(0, (4, 2)))
+
+
 class TestThreads:
     def test_shared_instance_under_threads(self) -> None:
         linear = nn.Linear(4, 2)
