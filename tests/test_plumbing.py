@@ -6,6 +6,7 @@ import copy
 import io
 import pickle
 import threading
+import warnings
 from typing import Any
 
 import pytest
@@ -191,7 +192,9 @@ class TestCompile:
 class TestTrace:
     def test_jit_trace_generalises_to_other_sizes(self) -> None:
         conv = nn.Conv2d(3, 4, 3)
-        traced = torch.jit.trace(TimeDistributed(conv, True), torch.randn(2, 3, 3, 8, 8))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates jit.trace itself
+            traced = torch.jit.trace(TimeDistributed(conv, True), torch.randn(2, 3, 3, 8, 8))
         x = torch.randn(4, 2, 3, 8, 8)
         torch.testing.assert_close(traced(x), conv(x.flatten(0, 1)).unflatten(0, (4, 2)))
 
