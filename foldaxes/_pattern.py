@@ -79,11 +79,6 @@ class Pattern:
         """The names of the folded group, in order; ``None`` when the pattern folds nothing."""
         return None if self.folded is None else self.operands[self.folded].group_axes
 
-    @property
-    def names(self) -> frozenset[str]:
-        """Every axis name used by any operand."""
-        return frozenset().union(*(operand.names for operand in self.operands))
-
 
 def _names(element: Element) -> tuple[str, ...]:
     return (element,) if isinstance(element, str) else element
