@@ -24,6 +24,7 @@ def format_message(
     span: tuple[int, int] | None = None,
     shapes: Iterable[tuple[str, Sequence[int]]] = (),
     sizes: Mapping[str, int] | None = None,
+    given: Mapping[str, int] | None = None,
     hint: str | None = None,
 ) -> str:
     """Lays out a message: what is wrong, the pattern with a caret, the shapes and sizes, what to do."""
@@ -34,10 +35,12 @@ def format_message(
     lines.extend(f"  {label}: shape {_shape(shape)}" for label, shape in shapes)
     if sizes:
         lines.append("  axis sizes: " + ", ".join(f"{name}={size}" for name, size in sizes.items()))
+    if given:
+        lines.append("  lengths given: " + ", ".join(f"{name}={size}" for name, size in given.items()))
     if hint:
         lines.append(f"  {hint}")
     return "\n".join(lines)
 
 
 def _shape(shape: Sequence[int]) -> str:
-    return "(" + ", ".join(str(int(size)) for size in shape) + ")"
+    return str(tuple(int(size) for size in shape))

@@ -9,6 +9,8 @@ from typing import Any, TypeVar, overload
 
 import torch
 
+from ._cache import bounded_cache
+from ._errors import FoldError, format_message
 from ._folding import Folding
 from ._pattern import ELLIPSIS
 from ._unfold import OutputRules, OutSpec
@@ -37,21 +39,16 @@ class FoldSpec:
     lengths: tuple[tuple[str, int], ...] = ()
 
 
-@functools.lru_cache(maxsize=256)
+@bounded_cache(256)
 def _folding(pattern: str, lengths: tuple[tuple[str, int], ...]) -> Folding:
     return Folding(pattern, lengths=dict(lengths))
 
 
-def _output_rules(spec: FoldSpec, out: OutSpec) -> OutputRules:
-    if out is None or isinstance(out, str):
-        return _cached_output_rules(spec.pattern, spec.axes, spec.lengths, out)
-    return _cached_output_rules.__wrapped__(spec.pattern, spec.axes, spec.lengths, out)
-
-
-@functools.lru_cache(maxsize=256)
-def _cached_output_rules(
+@bounded_cache(256)
+def _output_rules(
     pattern: str, axes: tuple[str, ...], lengths: tuple[tuple[str, int], ...], out: OutSpec
 ) -> OutputRules:
+    """Cached for patterns; an ``out=`` structure of lists or dicts is unhashable and built anew each call."""
     group_axes = tuple(ELLIPSIS if axis == "..." else axis for axis in axes)
     return OutputRules(pattern, out, group_axes, dict(lengths))
 
@@ -95,6 +92,14 @@ def fold(
     lengths = tuple(sorted(axes_lengths.items()))
     folding = _folding(pattern, lengths)
     single = isinstance(x, torch.Tensor)
+    if not single and not (isinstance(x, Sequence) and all(isinstance(t, torch.Tensor) for t in x)):
+        raise FoldError(
+            format_message(
+                f"fold takes a tensor or a sequence of tensors, not {type(x).__name__}.",
+                pattern=pattern,
+                hint="Pass the tensor first and the pattern second: fold(x, pattern).",
+            )
+        )
     tensors: tuple[Any, ...] = (x,) if single else tuple(x)
     folded, _, dim, sizes = folding.fold_arguments(tensors, {})
     axes = tuple("..." if axis == ELLIPSIS else axis for axis in folding.group_axes or ())
@@ -123,7 +128,12 @@ def unfold(y: Any, spec: FoldSpec, out: OutSpec = None) -> Any:
         >>> foldaxes.unfold((folded, {"sum": folded.sum(-1)}), spec)[1]["sum"].shape
         torch.Size([4, 5])
     """
-    return _output_rules(spec, out).unfold(y, spec.dim, spec.sizes)
+    if not isinstance(spec, FoldSpec):
+        raise FoldError(
+            f"unfold needs the FoldSpec that fold returned, not {type(spec).__name__} ({spec!r}).\n"
+            "  Write folded, spec = fold(x, pattern), then unfold(y, spec)."
+        )
+    return _output_rules(spec.pattern, spec.axes, spec.lengths, out).unfold(y, spec.dim, spec.sizes)
 
 
 @overload

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -40,19 +41,20 @@ class Folding:
         fold_kwargs: Mapping[str, str] | None = None,
         lengths: Mapping[str, int] | None = None,
     ) -> None:
-        lengths = dict(sorted((lengths or {}).items()))
-        known = frozenset(lengths)
-        parsed = parse_pattern(pattern, known)
+        if not isinstance(pattern, str):
+            raise FoldError(f"A pattern must be a string such as 'b t c -> (b t) c', not {type(pattern).__name__}.")
         self.pattern = pattern
-        self.lengths = lengths
-        self.operands = parsed.operands
+        self.lengths = _checked_lengths(pattern, lengths or {})
+        known = frozenset(self.lengths)
+        parsed = parse_pattern(pattern, known)
         self.rules = tuple(Rule(pattern, operand, known) for operand in parsed.operands)
         self.group_axes = parsed.group_axes
         self.folded = parsed.folded or 0
         self.single = len(self.rules) == 1
         self.kwarg_rules = _kwarg_rules(pattern, fold_kwargs, known)
-        self.outputs = OutputRules(pattern, out, self.group_axes, lengths)
-        self._check_lengths()
+        self.outputs = OutputRules(pattern, out, self.group_axes, self.lengths)
+        self._check_lengths_used()
+        self._check_group_orders()
         self._compared = tuple(self._sizes_to_compare(rule) for rule in self.rules)
         self._compared_kwargs = {name: self._sizes_to_compare(rule) for name, rule in self.kwarg_rules.items()}
         self._flatten_spans: dict[int, tuple[int, int] | None] = {}
@@ -65,28 +67,20 @@ class Folding:
             if isinstance(x, torch.Tensor):
                 spans, ndim = self._flatten_spans, x.ndim
                 if ndim not in spans:
-                    spans[ndim] = self._flatten_span(x)
+                    spans[ndim] = self.rules[0].plan(x, "argument 0").flatten_only if self._fast else None
                 span = spans[ndim]
                 if span is not None:
                     start, end = span
                     sizes = x.shape[start : end + 1]
                     y = fn(x.flatten(start, end))
-                    if isinstance(y, torch.Tensor):
-                        # Cheaper than checking the size first; a mismatch is reported by the general path below.
-                        try:
-                            return torch.unflatten(y, start, sizes)
-                        except (RuntimeError, IndexError):
-                            pass
+                    if isinstance(y, torch.Tensor) and y.ndim > start and y.shape[start] == sizes.numel():
+                        return torch.unflatten(y, start, sizes)
                     return self.outputs.unfold(y, start, sizes)
         folded_args, folded_kwargs, dim, group_sizes = self.fold_arguments(args, kwargs)
         return self.outputs.unfold(fn(*folded_args, **folded_kwargs), dim, group_sizes)
 
-    def _flatten_span(self, x: torch.Tensor) -> tuple[int, int] | None:
-        """``(start, end)`` when one ``x.flatten(start, end)`` is the whole fold of tensors of this rank."""
-        return self.rules[0].plan(x, "argument 0").flatten_only if self._fast else None
-
     def fold_arguments(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, args: Sequence[Any], kwargs: dict[str, Any]
     ) -> tuple[list[Any], dict[str, Any], int | None, Sequence[int]]:
         """Folds every tensor argument; returns the new arguments, the folded dim and the folded group's sizes.
 
@@ -105,7 +99,7 @@ class Folding:
             folded_args[position], group_sizes, group_dim = self._fold_one(
                 self.rules[index], self._compared[index], args[position], f"argument {position}", seen
             )
-            if (self.single and operand == 0) or (not self.single and operand == self.folded):
+            if operand == (0 if self.single else self.folded):
                 dim, sizes = group_dim, group_sizes
         folded_kwargs = dict(kwargs)
         for name, rule in self.kwarg_rules.items():
@@ -114,8 +108,8 @@ class Folding:
                 continue
             if not isinstance(value, torch.Tensor):
                 raise FoldError(
-                    f"Keyword argument '{name}' is listed in fold_kwargs but is a {type(value).__name__}, "
-                    "not a tensor. Pass a tensor, or None to leave it out."
+                    f"Keyword argument '{name}' is listed in fold_kwargs but is of type {type(value).__name__}, "
+                    "not a tensor.\n  Pass a tensor, or None to leave it out."
                 )
             folded_kwargs[name], _, _ = self._fold_one(
                 rule, self._compared_kwargs[name], value, f"keyword argument '{name}'", seen
@@ -140,7 +134,8 @@ class Folding:
                     pattern=rule.pattern,
                     span=rule.operand.span("lhs", mismatch.name),
                     shapes=[(label, x.shape)],
-                    sizes=self.lengths,
+                    sizes=plan.sizes_read_off(x.shape),
+                    given=self.lengths,
                     hint="Pass a tensor whose sizes match, or correct the axis lengths given as keywords.",
                 )
             ) from None
@@ -181,13 +176,12 @@ class Folding:
                 )
             )
 
-    def _count_error(self, args: tuple[Any, ...], positions: list[int]) -> FoldError:
+    def _count_error(self, args: Sequence[Any], positions: list[int]) -> FoldError:
         kinds = ", ".join(type(arg).__name__ for arg in args) or "nothing"
-        expected = "at least one tensor argument" if self.single else f"{len(self.rules)} tensor arguments"
+        expected = "at least one tensor" if self.single else f"{len(self.rules)} tensors, one per operand"
         return FoldError(
             format_message(
-                f"The pattern needs {expected}, but the call passed {len(positions)} tensor(s) among its "
-                f"positional arguments ({kinds}).",
+                f"The pattern needs {expected}, but {len(positions)} tensor(s) came ({kinds}).",
                 pattern=self.pattern,
                 shapes=[(f"argument {i}", args[i].shape) for i in positions],
                 hint="Give one comma-separated operand per tensor positional argument, or a single operand to "
@@ -195,23 +189,13 @@ class Folding:
             )
         )
 
-    def _check_lengths(self) -> None:
+    def _check_lengths_used(self) -> None:
         used = frozenset().union(
-            *(operand.names for operand in self.operands),
+            *(rule.operand.names for rule in self.rules),
             *(rule.operand.names for rule in self.kwarg_rules.values()),
             self.outputs.names,
         )
         for name, length in self.lengths.items():
-            if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-                raise FoldError(
-                    format_message(
-                        f"The length of axis '{name}' must be a positive int, not {length!r}.",
-                        pattern=self.pattern,
-                        hint="Pass the pattern and the module positionally: Distribute(pattern, module)."
-                        if callable(length)
-                        else None,
-                    )
-                )
             if name not in used:
                 raise FoldError(
                     format_message(
@@ -221,16 +205,55 @@ class Folding:
                     )
                 )
 
+    def _check_group_orders(self) -> None:
+        """Refuses a group that folds the folded axes in another order: its rows would not line up."""
+        expected = self.group_axes
+        for rule in (*self.rules, *self.kwarg_rules.values()):
+            axes = rule.operand.group_axes
+            if expected and axes and axes != expected and sorted(axes) == sorted(expected):
+                shown = " ".join("..." if a == ELLIPSIS else a for a in expected)
+                raise FoldError(
+                    format_message(
+                        f"This group folds the axes of ({shown}) in another order, so row i of one folded "
+                        "tensor would not be row i of the other.",
+                        pattern=rule.pattern,
+                        span=rule.operand.span("rhs", axes[0]),
+                        hint=f"Write every folded group in the same order: ({shown}).",
+                    )
+                )
+
+
+def _checked_lengths(pattern: str, lengths: Mapping[str, Any]) -> dict[str, int]:
+    checked = {}
+    for name, length in sorted(lengths.items()):
+        try:
+            value = operator.index(length)
+        except TypeError:
+            value = 0
+        if isinstance(length, bool) or value < 1:
+            raise FoldError(
+                format_message(
+                    f"The length of axis '{name}' must be a positive int, not {length!r}.",
+                    pattern=pattern,
+                    hint="Pass the pattern and the module positionally: Distribute(pattern, module)."
+                    if callable(length)
+                    else None,
+                )
+            )
+        checked[name] = value
+    return checked
+
 
 def _kwarg_rules(pattern: str, fold_kwargs: Mapping[str, str] | None, known: frozenset[str]) -> dict[str, Rule]:
     if fold_kwargs is None:
         return {}
+    example = "For example fold_kwargs={'mask': 'b t s -> (b t) s'}."
     if not isinstance(fold_kwargs, Mapping):
         raise FoldError(
             format_message(
                 f"fold_kwargs must map keyword names to patterns, not {type(fold_kwargs).__name__}.",
                 pattern=pattern,
-                hint="For example fold_kwargs={'mask': 'b t s -> (b t) s'}.",
+                hint=example,
             )
         )
     rules = {}
@@ -240,7 +263,7 @@ def _kwarg_rules(pattern: str, fold_kwargs: Mapping[str, str] | None, known: fro
                 format_message(
                     f"fold_kwargs['{name}'] must be a pattern string, not {type(text).__name__}.",
                     pattern=pattern,
-                    hint="For example fold_kwargs={'mask': 'b t s -> (b t) s'}.",
+                    hint=example,
                 )
             )
         rules[name] = Rule(text, parse_rule(text, known, f"fold_kwargs['{name}']"), known)

@@ -7,13 +7,12 @@ from typing import Any
 
 from torch import nn
 
+from ._checkpoint import CHILD, hide_child_prefix
 from ._errors import FoldError, format_message
 from ._folding import Folding
 from ._unfold import OutSpec
 
 __all__ = ["Distribute", "TimeDistributed"]
-
-_CHILD = "module"
 
 
 class Distribute(nn.Module):
@@ -21,8 +20,9 @@ class Distribute(nn.Module):
 
     Each tensor positional argument is rearranged from the left side of ``pattern`` to the right side, the
     module runs once on the result, and every tensor in its output (any nesting of tuples, lists, dicts and
-    NamedTuples) has the folded dim split back. The folded group is the first parenthesised group on the right;
-    by default each output is split at that same dim into the group's axes, in group order.
+    NamedTuples) has the folded dim split back. The folded group is the first parenthesised group on the right
+    that holds an axis (an empty ``()`` only when none does); by default each output is split at that same dim
+    into the group's axes, in group order.
 
     Folding is a view whenever the input's strides allow it (contiguous tensors, inner crops, channels_last
     frames, ``(t b)`` on time-major tensors); otherwise it is one copy. Unfolding is always a view, so the
@@ -81,8 +81,7 @@ class Distribute(nn.Module):
         self._fold_kwargs = fold_kwargs
         self._lengths = axes_lengths
         self.module = module
-        self.register_state_dict_post_hook(_drop_child_prefix)  # type: ignore[no-untyped-call]
-        self.register_load_state_dict_pre_hook(_add_child_prefix)  # type: ignore[no-untyped-call]
+        hide_child_prefix(self)
 
     @property
     def pattern(self) -> str:
@@ -92,7 +91,7 @@ class Distribute(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Folds the tensor arguments, calls the wrapped module once, and unfolds its output."""
         # nn.Module.__getattr__ costs more than a whole fold, so the child is looked up directly.
-        module: Callable[..., Any] | None = self._modules.get(_CHILD)
+        module: Callable[..., Any] | None = self._modules.get(CHILD)
         if module is None:
             module = self.module
             if module is None:
@@ -153,23 +152,13 @@ class TimeDistributed(Distribute):
         fold_kwargs: Mapping[str, str] | None = None,
     ) -> None:
         pattern = "b t ... -> (b t) ..." if batch_first else "t b ... -> (t b) ..."
+        if module is None:
+            raise FoldError(
+                format_message(
+                    "TimeDistributed needs the module to apply at every time step.",
+                    pattern=pattern,
+                    hint="Write TimeDistributed(module, batch_first).",
+                )
+            )
         super().__init__(pattern, module, out=out, fold_kwargs=fold_kwargs)
         self.batch_first = batch_first
-
-
-def _drop_child_prefix(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
-    """State-dict hook: ``prefix + "module." + key`` becomes ``prefix + key``."""
-    if _CHILD not in module._modules:
-        return
-    child = prefix + _CHILD + "."
-    for key in [key for key in state_dict if key.startswith(child)]:
-        state_dict[prefix + key[len(child) :]] = state_dict.pop(key)
-
-
-def _add_child_prefix(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
-    """Load hook: the inverse of ``_drop_child_prefix``, for every key under ``prefix``."""
-    if _CHILD not in module._modules:
-        return
-    child = prefix + _CHILD + "."
-    for key in [key for key in state_dict if key.startswith(prefix)]:
-        state_dict[child + key[len(prefix) :]] = state_dict.pop(key)

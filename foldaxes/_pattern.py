@@ -6,13 +6,13 @@ output is the folded one. Nothing here looks at a tensor.
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass
 
 from einops import EinopsError
 from einops.parsing import ParsedExpression
 
+from ._cache import bounded_cache
 from ._errors import FoldError, format_message
 
 __all__ = ["ELLIPSIS", "Composition", "Operand", "Pattern", "parse_pattern", "parse_rule"]
@@ -35,15 +35,16 @@ class Operand:
         index: Position of the operand in the pattern.
         lhs: Composition of the tensor the caller passes.
         rhs: Composition of the tensor the callee receives.
-        group: Index in ``rhs`` of its first parenthesised group, or ``None`` when ``rhs`` has none.
-        spans: ``(side, name) -> (start, end)`` character span of each axis in the whole pattern text.
+        group: Index in ``rhs`` of the group this operand folds: its first parenthesised group that holds an
+            axis, or its first ``()`` when none does; ``None`` when ``rhs`` has no parentheses.
+        pattern: The whole pattern's text, to point at an axis in messages.
     """
 
     index: int
     lhs: Composition
     rhs: Composition
     group: int | None
-    spans: tuple[tuple[tuple[str, str], tuple[int, int]], ...]
+    pattern: str
 
     @property
     def names(self) -> frozenset[str]:
@@ -57,7 +58,7 @@ class Operand:
 
     def span(self, side: str, name: str) -> tuple[int, int] | None:
         """Where ``name`` stands on ``side`` (``"lhs"`` or ``"rhs"``) in the pattern text."""
-        return dict(self.spans).get((side, name))
+        return _token_spans(self.pattern).get((self.index, side, name))
 
 
 @dataclass(frozen=True)
@@ -65,12 +66,10 @@ class Pattern:
     """A parsed pattern.
 
     Attributes:
-        text: The pattern as the user wrote it.
         operands: One entry per comma-separated operand.
-        folded: Index of the operand whose group is the folded group (the first group in the text), or ``None``.
+        folded: Index of the operand whose group is the folded group, or ``None`` when nothing is folded.
     """
 
-    text: str
     operands: tuple[Operand, ...]
     folded: int | None
 
@@ -84,7 +83,7 @@ def _names(element: Element) -> tuple[str, ...]:
     return (element,) if isinstance(element, str) else element
 
 
-@functools.lru_cache(maxsize=512)
+@bounded_cache(512)
 def parse_pattern(text: str, known: frozenset[str] = frozenset()) -> Pattern:
     """Parses and validates a pattern; ``known`` names are those whose sizes are given rather than read off.
 
@@ -111,13 +110,14 @@ def parse_pattern(text: str, known: frozenset[str] = frozenset()) -> Pattern:
                 hint="Give one comma-separated expression per tensor on each side.",
             )
         )
-    spans = _token_spans(text)
     operands = tuple(
-        _parse_operand(text, index, lhs, rhs, spans, known)
+        _parse_operand(text, index, lhs, rhs, known)
         for index, (lhs, rhs) in enumerate(zip(left_parts, right_parts, strict=True))
     )
-    folded = next((operand.index for operand in operands if operand.group is not None), None)
-    return Pattern(text=text, operands=operands, folded=folded)
+    folded = next((operand.index for operand in operands if operand.group_axes), None)
+    if folded is None:
+        folded = next((operand.index for operand in operands if operand.group is not None), None)
+    return Pattern(operands=operands, folded=folded)
 
 
 def parse_rule(text: str, known: frozenset[str], role: str) -> Operand:
@@ -142,16 +142,14 @@ def _parse_operand(
     index: int,
     lhs_text: str,
     rhs_text: str,
-    spans: dict[tuple[int, str, str], tuple[int, int]],
     known: frozenset[str],
 ) -> Operand:
     label = f"operand {index} ('{lhs_text.strip()} -> {rhs_text.strip()}')"
     lhs = _parse_side(text, lhs_text, label)
     rhs = _parse_side(text, rhs_text, label)
-    own_spans = tuple(((side, name), span) for (i, side, name), span in spans.items() if i == index)
 
     def fail(what: str, name: str | None = None, side: str = "lhs", hint: str | None = None) -> FoldError:
-        span = None if name is None else dict(own_spans).get((side, name))
+        span = None if name is None else _token_spans(text).get((index, side, name))
         return FoldError(format_message(f"{what} in {label}.", pattern=text, span=span, hint=hint))
 
     if lhs.has_non_unitary_anonymous_axes or rhs.has_non_unitary_anonymous_axes:
@@ -160,7 +158,7 @@ def _parse_operand(
             hint="Name the axis and give its length as a keyword, for example 'v' with v=2.",
         )
     if lhs.has_ellipsis and lhs.has_ellipsis_parenthesized:
-        raise fail("'...' cannot stand inside parentheses on the left", "...")
+        raise fail("'...' cannot stand inside parentheses on the left", ELLIPSIS)
     only_left = sorted(lhs.identifiers - rhs.identifiers, key=str)
     only_right = sorted(rhs.identifiers - lhs.identifiers, key=str)
     if only_left or only_right:
@@ -168,7 +166,7 @@ def _parse_operand(
         shown = ", ".join("..." if n == ELLIPSIS else str(n) for n in only_left + only_right)
         raise fail(
             f"Axes must appear on both sides of '->', but {shown} appear(s) on one side only",
-            "..." if name == ELLIPSIS else str(name),
+            str(name),
             side,
             hint="A fold only moves axes: every axis on the left must be placed on the right, and no new ones.",
         )
@@ -182,10 +180,21 @@ def _parse_operand(
                 hint=f"Give all but one of their lengths as keywords, for example {unknown[0]}=2.",
             )
     rhs_composition = _composition(rhs)
-    group = None
-    if "(" in rhs_text:
-        group = len(ParsedExpression(rhs_text[: rhs_text.index("(")]).composition)
-    return Operand(index=index, lhs=lhs_composition, rhs=rhs_composition, group=group, spans=own_spans)
+    return Operand(
+        index=index,
+        lhs=lhs_composition,
+        rhs=rhs_composition,
+        group=_folded_group(rhs_text, rhs_composition),
+        pattern=text,
+    )
+
+
+def _folded_group(rhs_text: str, rhs: Composition) -> int | None:
+    """The index in ``rhs`` of its first parenthesised group that holds an axis, else of its first ``()``."""
+    groups = [
+        len(ParsedExpression(rhs_text[:position]).composition) for position, char in enumerate(rhs_text) if char == "("
+    ]
+    return next((index for index in groups if rhs[index]), groups[0] if groups else None)
 
 
 def _parse_side(text: str, side_text: str, label: str) -> ParsedExpression:

@@ -7,7 +7,7 @@ whenever the strides allow it, so adjacent folded axes cost nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -42,10 +42,11 @@ class Plan:
     """The operations that take a tensor of one rank from an operand's left composition to its right one.
 
     Attributes:
+        inputs: The axes of each input dim, in order (ellipsis axes as ``…0``, ``…1``...).
         equal_checks: ``(dim, name)``: the input's ``dim`` must equal the given length of ``name``.
-        unit_checks: Input dims written as ``1`` or ``()``, which must have size 1.
-        expansions: ``(dim, names, unknown)`` in decreasing ``dim``: squeeze ``dim`` when ``names`` is empty,
-            else unflatten it into ``names`` (``unknown`` is the index of the inferred one, or -1).
+        expansions: ``(dim, names, unknown)`` in decreasing ``dim``: squeeze ``dim`` (which must have size 1)
+            when ``names`` is empty, else unflatten it into ``names`` (``unknown`` is the index of the inferred
+            one, or -1).
         names: The elementary axes after the expansions, in input order (ellipsis axes as ``…0``, ``…1``...).
         permutation: The permute into output order, or ``None`` when the order is unchanged.
         merges: ``(start, end)`` ranges to flatten, in decreasing order.
@@ -55,8 +56,8 @@ class Plan:
         flatten_only: ``(start, end)`` when the whole plan is one ``flatten`` that forms the group.
     """
 
+    inputs: tuple[tuple[str, ...], ...]
     equal_checks: tuple[tuple[int, str], ...]
-    unit_checks: tuple[int, ...]
     expansions: tuple[tuple[int, tuple[str, ...], int], ...]
     names: tuple[str, ...]
     permutation: tuple[int, ...] | None
@@ -76,11 +77,10 @@ class Plan:
         for dim, name in self.equal_checks:
             if shape[dim] != lengths[name]:
                 raise SizeMismatch(f"axis '{name}' has size {shape[dim]} but was given as {lengths[name]}", name)
-        for dim in self.unit_checks:
-            if shape[dim] != 1:
-                raise SizeMismatch(f"dim {dim} is written as 1 but has size {shape[dim]}", "")
         for dim, names, unknown in self.expansions:
             if not names:
+                if shape[dim] != 1:
+                    raise SizeMismatch(f"dim {dim} is written as 1 but has size {shape[dim]}", "")
                 x = x.squeeze(dim)
                 continue
             sizes = [-1 if i == unknown else lengths[name] for i, name in enumerate(names)]
@@ -103,6 +103,14 @@ class Plan:
             x = x.unsqueeze(dim)
         return x, group_sizes, elementary
 
+    def sizes_read_off(self, shape: Sequence[int]) -> dict[str, int]:
+        """The size of each named axis that stands alone in an input dim, for messages."""
+        return {
+            names[0]: shape[dim]
+            for dim, names in enumerate(self.inputs)
+            if len(names) == 1 and not names[0].startswith(ELLIPSIS)
+        }
+
 
 class Rule:
     """One operand of a pattern, with its plans cached per input rank.
@@ -119,12 +127,12 @@ class Rule:
         self.known = known
         self._plans: dict[int, Plan] = {}
 
-    def plan(self, x: torch.Tensor, label: str) -> Plan:
-        """The plan for tensors of the rank of ``x``; ``label`` names ``x`` in error messages."""
+    def plan(self, x: torch.Tensor, label: str | Callable[[], str]) -> Plan:
+        """The plan for tensors of the rank of ``x``; ``label`` (or what it returns) names ``x`` in messages."""
         ndim = x.ndim
         plan = self._plans.get(ndim)
         if plan is None:
-            plan = self._build(ndim, label, tuple(x.shape))
+            plan = self._build(ndim, label if isinstance(label, str) else label(), tuple(x.shape))
             if len(self._plans) >= _MAX_PLANS:
                 self._plans.clear()
             self._plans[ndim] = plan
@@ -146,11 +154,9 @@ class Rule:
         rhs_groups = _expand(rhs, ellipsis_axes)
 
         equal_checks: list[tuple[int, str]] = []
-        unit_checks: list[int] = []
         expansions: list[tuple[int, tuple[str, ...], int]] = []
         for dim, names in enumerate(lhs_groups):
             if not names:
-                unit_checks.append(dim)
                 expansions.append((dim, (), -1))
             elif len(names) == 1:
                 if names[0] in self.known:
@@ -177,13 +183,11 @@ class Rule:
                 group, group_dim = (position, position + len(axes)), index
             position += len(axes)
 
-        plain = not (equal_checks or unit_checks or expansions or unsqueezes) and permutation == tuple(
-            range(len(names))
-        )
+        plain = not (equal_checks or expansions or unsqueezes) and permutation == tuple(range(len(names)))
         flatten_only = merges[0] if plain and len(merges) == 1 and group_dim == merges[0][0] else None
         return Plan(
+            inputs=tuple(lhs_groups),
             equal_checks=tuple(equal_checks),
-            unit_checks=tuple(unit_checks),
             expansions=tuple(reversed(expansions)),
             names=names,
             permutation=None if permutation == tuple(range(len(names))) else permutation,

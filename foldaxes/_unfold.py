@@ -12,7 +12,7 @@ from ._pattern import ELLIPSIS, parse_rule
 from ._plan import Rule, SizeMismatch, product
 from ._tree import flatten, leaf_paths, map_structure, unflatten
 
-__all__ = ["OutputRules", "bind_group"]
+__all__ = ["OutSpec", "OutputRules", "bind_group"]
 
 OutSpec = str | None | Sequence[Any] | Mapping[Any, Any]
 """What ``out=`` takes: a pattern, ``None``, or a nested structure of those matching the module's output."""
@@ -49,25 +49,19 @@ class OutputRules:
         self.pattern = pattern
         self.group_axes = group_axes or ()
         self.lengths = dict(lengths)
-        self.default = out is None
-        self.structure: Any = None
-        known = frozenset(name for name in self.group_axes if name != ELLIPSIS) | frozenset(lengths)
-        rules: dict[str, Rule] = {}
-        if isinstance(out, str):
-            rules[out] = Rule(out, parse_rule(out, known, "out="), known)
-        elif out is not None:
-            leaves, _ = flatten(out)
-            for leaf in leaves:
-                if isinstance(leaf, str):
-                    rules.setdefault(leaf, Rule(leaf, parse_rule(leaf, known, "out="), known))
-                elif leaf is not None:
-                    raise FoldError(
-                        f"Each leaf of out= must be a pattern string or None, not {type(leaf).__name__} "
-                        f"({leaf!r}).\n  out={out!r}"
-                    )
-            self.structure = out
-        self.rules = rules
         self.out = out
+        known = frozenset(name for name in self.group_axes if name != ELLIPSIS) | frozenset(lengths)
+        leaves = [out] if isinstance(out, str) else flatten(out)[0]
+        self.rules: dict[str, Rule] = {}
+        for leaf in leaves:
+            if isinstance(leaf, str):
+                if leaf not in self.rules:
+                    self.rules[leaf] = Rule(leaf, parse_rule(leaf, known, "out="), known)
+            elif leaf is not None:
+                raise FoldError(
+                    f"Each leaf of out= must be a pattern string or None, not {type(leaf).__name__} ({leaf!r}).\n"
+                    f"  out={out!r}"
+                )
 
     @property
     def names(self) -> frozenset[str]:
@@ -76,52 +70,59 @@ class OutputRules:
 
     def unfold(self, result: Any, dim: int | None, sizes: Sequence[int]) -> Any:
         """Unfolds every tensor in ``result``; ``dim`` and ``sizes`` describe the folded group."""
-        if self.default:
+        if self.out is None:
             if dim is None:
                 return result
             total = product(sizes)
-            if isinstance(result, torch.Tensor):
-                return self._split(result, result, dim, sizes, total)
-            leaves, spec = flatten(result)
-            return unflatten(
-                [
-                    self._split(leaf, result, dim, sizes, total) if isinstance(leaf, torch.Tensor) else leaf
-                    for leaf in leaves
-                ],
-                spec,
-            )
+            return self._each_tensor(result, lambda leaf: self._split(leaf, result, dim, sizes, total))
         bindings = {**self.lengths, **bind_group(self.group_axes, sizes)}
-        if self.structure is None:
-            rule = self.rules[self.out]  # type: ignore[index]
-            return self._rearrange_all(rule, result, result, bindings)
+        if isinstance(self.out, str):
+            rule = self.rules[self.out]
+            return self._each_tensor(result, lambda leaf: self._rearrange(rule, leaf, result, bindings))
         try:
             return map_structure(
                 lambda pattern, part: (
-                    part if pattern is None else self._rearrange_all(self.rules[pattern], part, result, bindings)
+                    part
+                    if pattern is None
+                    else self._each_tensor(
+                        part, lambda leaf: self._rearrange(self.rules[pattern], leaf, result, bindings)
+                    )
                 ),
-                self.structure,
+                self.out,
                 result,
             )
         except ValueError as error:
+            found = (
+                "the output is a single tensor"
+                if isinstance(result, torch.Tensor)
+                else f"the output has leaves at {', '.join(leaf_paths(result))}"
+            )
             raise FoldError(
                 format_message(
                     f"out= does not match the structure of the module's output: {error}",
                     pattern=self.pattern,
-                    hint=f"Give out= the same containers as the output. out={self.structure!r}; the output has "
-                    f"leaves at {', '.join(leaf_paths(result)) or '(none)'}.",
+                    hint=f"Give out= the same containers as the output. out={self.out!r}; {found}.",
                 )
             ) from None
+
+    @staticmethod
+    def _each_tensor(part: Any, apply: Any) -> Any:
+        if isinstance(part, torch.Tensor):
+            return apply(part)
+        leaves, spec = flatten(part)
+        return unflatten([apply(leaf) if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves], spec)
 
     def _split(self, leaf: torch.Tensor, result: Any, dim: int, sizes: Sequence[int], total: int) -> torch.Tensor:
         if leaf.ndim <= dim or leaf.shape[dim] != total:
             found = "no such dim" if leaf.ndim <= dim else f"size {leaf.shape[dim]}"
             axes = " ".join("..." if a == ELLIPSIS else a for a in self.group_axes)
+            label = _label(leaf, result)
             raise FoldError(
                 format_message(
-                    f"Output {_path(leaf, result)} cannot be unfolded: dim {dim} should hold the folded "
+                    f"{label[0].upper() + label[1:]} cannot be unfolded: dim {dim} should hold the folded "
                     f"({axes}) of size {total}, but it has {found}.",
                     pattern=self.pattern,
-                    shapes=[(f"output {_path(leaf, result)}", leaf.shape)],
+                    shapes=[(label, leaf.shape)],
                     sizes=bind_group(self.group_axes, sizes),
                     hint="Pass out= with a pattern for this output (for example '(b t) n -> b t n'), or None to "
                     "return it as the module gave it.",
@@ -131,39 +132,29 @@ class OutputRules:
             return leaf.squeeze(dim)
         return torch.unflatten(leaf, dim, sizes)
 
-    def _rearrange_all(self, rule: Rule, part: Any, result: Any, bindings: dict[str, int]) -> Any:
-        if isinstance(part, torch.Tensor):
-            return self._rearrange(rule, part, result, bindings)
-        leaves, spec = flatten(part)
-        return unflatten(
-            [
-                self._rearrange(rule, leaf, result, bindings) if isinstance(leaf, torch.Tensor) else leaf
-                for leaf in leaves
-            ],
-            spec,
-        )
-
     def _rearrange(self, rule: Rule, leaf: torch.Tensor, result: Any, bindings: dict[str, int]) -> torch.Tensor:
-        label = f"output {_path(leaf, result)}" if leaf is not result else "the output"
-        plan = rule.plan(leaf, label)
+        plan = rule.plan(leaf, lambda: _label(leaf, result))
         try:
             return plan.apply(leaf, bindings)[0]
         except SizeMismatch as mismatch:
+            label = _label(leaf, result)
             raise FoldError(
                 format_message(
                     f"out= cannot rearrange {label}: {mismatch.what}.",
                     pattern=rule.pattern,
                     span=rule.operand.span("lhs", mismatch.name),
                     shapes=[(label, leaf.shape)],
-                    sizes=bindings,
+                    sizes=plan.sizes_read_off(leaf.shape),
+                    given=bindings,
                     hint=f"The folded axes are bound from the input (fold pattern: {self.pattern}).",
                 )
             ) from None
 
 
-def _path(leaf: torch.Tensor, result: Any) -> str:
+def _label(leaf: torch.Tensor, result: Any) -> str:
+    """``"the output"``, or ``"output ['logits'][0]"`` for a leaf inside a structure: only for messages."""
     if leaf is result:
-        return "tensor"
+        return "the output"
     leaves, _ = flatten(result)
     paths = leaf_paths(result)
-    return next((path for path, other in zip(paths, leaves, strict=True) if other is leaf), "?")
+    return "output " + next((path for path, other in zip(paths, leaves, strict=True) if other is leaf), "?")

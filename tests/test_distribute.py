@@ -101,6 +101,13 @@ class TestPatterns:
         assert_exact(Distribute("c h w -> () c h w", conv)(x), conv(x.unsqueeze(0))[0])
         assert_exact(Distribute("b 1 c h w -> (b) c h w", conv)(x[None, None]), conv(x[None]))
 
+    def test_a_group_with_axes_wins_over_an_empty_one(self) -> None:
+        conv = nn.Conv3d(3, 4, (1, 3, 3))
+        x = torch.randn(2, 3, 3, 6, 6)
+        y = Distribute("b t c h w -> () c (b t) h w", conv)(x)
+        expected = conv(x.flatten(0, 1).movedim(0, 1).unsqueeze(0))
+        assert_exact(y, expected.unflatten(2, (2, 3)))
+
     def test_no_group_only_rearranges(self) -> None:
         seen = []
         y = Distribute("b c t -> b t c", lambda t: seen.append(t.shape) or t)(torch.randn(2, 3, 4))
@@ -263,6 +270,18 @@ class TestFactoryAndFunctions:
     def test_fold_several_tensors(self) -> None:
         (a, b), spec = foldaxes.fold([torch.randn(2, 3, 4), torch.randn(3, 2)], "b t c, t b -> (b t) c, (b t)")
         assert a.shape == (6, 4) and b.shape == (6,) and spec.sizes == (2, 3)
+
+    def test_functional_pair_under_compile(self) -> None:
+        def pooled(x: torch.Tensor) -> Any:
+            folded, spec = foldaxes.fold(x, "b c t h w -> (b t) c h w")
+            y = nn.functional.avg_pool2d(folded, 2)
+            return foldaxes.unfold(y, spec), foldaxes.unfold(y, spec, out="(b t) c h w -> b c t h w")
+
+        torch._dynamo.reset()
+        x = torch.randn(2, 3, 4, 8, 8)
+        compiled = torch.compile(pooled, fullgraph=True, backend="eager")
+        assert_exact(compiled(x), pooled(x))
+        assert_exact(pooled(x)[1], nn.functional.avg_pool3d(x, (1, 2, 2)))
 
     def test_spec_is_picklable_and_immutable(self) -> None:
         import dataclasses

@@ -92,6 +92,50 @@ class TestBadPatterns:
     def test_bad_options(self, options: dict[str, Any], expected: str) -> None:
         assert expected in message(lambda: Distribute("b t c -> (b t) c", nn.Identity(), **options))
 
+    @pytest.mark.parametrize(
+        ("pattern", "options"),
+        [
+            ("b t c, b t n -> (b t) c, (t b) n", {}),
+            ("b t c -> (b t) c", {"fold_kwargs": {"mask": "b t s -> (t b) s"}}),
+        ],
+        ids=["operands", "keyword"],
+    )
+    def test_groups_in_another_order(self, pattern: str, options: dict[str, Any]) -> None:
+        text = message(lambda: Distribute(pattern, nn.Identity(), **options))
+        assert "folds the axes of (b t) in another order" in text and "row i" in text
+
+    @pytest.mark.parametrize(
+        ("build", "expected"),
+        [
+            (lambda: Distribute(["b t -> (b t)"], nn.Identity()), "must be a string"),
+            (lambda: Distribute("b t -> (b t)", "conv"), "wraps a module or another callable, not a str"),
+            (lambda: foldaxes.TimeDistributed(None), "needs the module"),  # type: ignore[arg-type]
+            (lambda: foldaxes.fold(torch.zeros(2, 6), "b (t v) -> (b t) v", v=[2]), "must be a positive int"),
+            (lambda: foldaxes.fold(3, "b t -> (b t)"), "takes a tensor or a sequence of tensors, not int"),
+            (lambda: foldaxes.fold([torch.zeros(2), 3], "b -> (b)"), "not list"),
+            (lambda: foldaxes.unfold(torch.zeros(2), "b t -> (b t)"), "needs the FoldSpec that fold returned"),
+            (lambda: Distribute("b t -> (b t)", nn.Identity(), t=True), "must be a positive int"),
+        ],
+        ids=[
+            "pattern-list",
+            "module-str",
+            "time-distributed-none",
+            "unhashable-length",
+            "fold-int",
+            "fold-mixed-sequence",
+            "unfold-not-a-spec",
+            "bool-length",
+        ],
+    )
+    def test_bad_argument_types(self, build: Any, expected: str) -> None:
+        assert expected in message(build)
+
+    def test_integer_like_lengths_are_accepted(self) -> None:
+        import numpy as np
+
+        folded, spec = foldaxes.fold(torch.zeros(2, 6), "b (t v) -> (b t) v", v=np.int64(2))
+        assert folded.shape == (6, 2) and spec.lengths == (("v", 2),)
+
     def test_out_pattern_may_use_a_length_the_input_does_not(self) -> None:
         Distribute("b t c -> (b t) c", nn.Identity(), out="(b t) (g c) -> b t g c", g=2)
 
@@ -109,7 +153,7 @@ class TestBadInputs:
     def test_given_length_disagrees(self) -> None:
         text = message(lambda: Distribute("b t c -> (b t) c", nn.Identity(), t=4)(torch.zeros(2, 3, 5)))
         assert "axis 't' has size 3 but was given as 4" in text
-        assert "shape (2, 3, 5)" in text and "axis sizes: t=4" in text
+        assert "shape (2, 3, 5)" in text and "axis sizes: b=2, t=3, c=5" in text and "lengths given: t=4" in text
 
     def test_group_cannot_be_split(self) -> None:
         text = message(lambda: Distribute("b (t v) c -> (b t v) c", nn.Identity(), v=4)(torch.zeros(2, 6, 3)))
@@ -148,14 +192,14 @@ class TestBadInputs:
 
     def test_keyword_not_a_tensor(self) -> None:
         wrapped = Distribute("b t c -> (b t) c", lambda a, mask: a, fold_kwargs={"mask": "b t -> (b t)"})
-        assert "is a list, not a tensor" in message(lambda: wrapped(torch.zeros(2, 3, 4), mask=[1]))
+        assert "is of type list, not a tensor" in message(lambda: wrapped(torch.zeros(2, 3, 4), mask=[1]))
 
     @pytest.mark.parametrize(
         ("pattern", "args", "expected"),
         [
-            ("b t x, b t y -> (b t) x, (b t) y", (torch.zeros(2, 3, 4),), "needs 2 tensor arguments"),
-            ("b t x -> (b t) x", (3,), "needs at least one tensor argument"),
-            ("b t x -> (b t) x", (), "needs at least one tensor argument"),
+            ("b t x, b t y -> (b t) x, (b t) y", (torch.zeros(2, 3, 4),), "needs 2 tensors, one per operand"),
+            ("b t x -> (b t) x", (3,), "needs at least one tensor, but 0 tensor(s) came (int)"),
+            ("b t x -> (b t) x", (), "needs at least one tensor, but 0 tensor(s) came (nothing)"),
         ],
         ids=["too-few-for-operands", "no-tensor", "nothing"],
     )
@@ -185,6 +229,18 @@ class TestBadOutputs:
         text = message(lambda: wrapped(torch.zeros(2, 3, 4)))
         assert "of size 6, but it has size 5" in text
 
+    def test_out_structure_for_a_single_tensor(self) -> None:
+        wrapped = Distribute("b t x -> (b t) x", lambda a: a, out=("(b t) x -> b t x", None))
+        assert "the output is a single tensor" in message(lambda: wrapped(torch.zeros(2, 3, 4)))
+
+    def test_one_dim_shapes_print_as_tuples(self) -> None:
+        wrapped = Distribute("b t x -> (b t) x", lambda a: (a, a.sum(-1)[:5]))
+        assert "shape (5,)" in message(lambda: wrapped(torch.zeros(2, 3, 4)))
+
+    def test_keys_keep_their_case(self) -> None:
+        wrapped = Distribute("b t x -> (b t) x", lambda a: {"Logits": a[:1]})
+        assert "Output ['Logits']" in message(lambda: wrapped(torch.zeros(2, 3, 4)))
+
     def test_out_structure_mismatch(self) -> None:
         wrapped = Distribute("b t x -> (b t) x", lambda a: (a, a), out=("(b t) x -> b t x",))
         text = message(lambda: wrapped(torch.zeros(2, 3, 4)))
@@ -195,6 +251,14 @@ class TestBadOutputs:
         text = message(lambda: wrapped(torch.zeros(2, 3, 4)))
         assert "dim 0 of size 5 cannot be split into (b t) with b=2, t=3" in text
         assert "fold pattern: b t x -> (b t) x" in text
+
+
+class TestUnderCompile:
+    def test_output_of_the_wrong_size(self) -> None:
+        torch._dynamo.reset()
+        wrapped = Distribute("b t c -> (b t) c", lambda y: y[:1])
+        with pytest.raises(FoldError, match="cannot be unfolded"):
+            torch.compile(wrapped, backend="eager")(torch.zeros(2, 3, 4))
 
 
 class TestModuleErrorsPassThrough:
