@@ -51,9 +51,12 @@ def _add_prefix_on_load(
     if CHILD not in wrapper._modules:
         return
     own = {*wrapper._parameters, *wrapper._buffers, *(name for name in wrapper._modules if name != CHILD)}
+    wrapped = wrapper._modules[CHILD]
+    # Checkpoints of the classic TimeDistributed, which kept its module as `self.module`, load as they are.
+    prefixed = wrapped is not None and CHILD not in {*wrapped._parameters, *wrapped._buffers, *wrapped._modules}
     child = prefix + CHILD + "."
     for key in [key for key in state_dict if key.startswith(prefix)]:
-        if key[len(prefix) :].split(".", 1)[0] not in own:
+        if key[len(prefix) :].split(".", 1)[0] not in own and not (prefixed and key.startswith(child)):
             state_dict[child + key[len(prefix) :]] = state_dict.pop(key)
     reports = (missing_keys, unexpected_keys, error_msgs)
     wrapper.__dict__.setdefault("_loads_in_progress", []).append((child, prefix, reports, [len(r) for r in reports]))

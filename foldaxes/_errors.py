@@ -43,4 +43,12 @@ def format_message(
 
 
 def _shape(shape: Sequence[int]) -> str:
-    return str(tuple(int(size) for size in shape))
+    return str(tuple(_size(size) for size in shape))
+
+
+def _size(size: object) -> object:
+    """An int where there is one; a symbolic or ragged size (a nested tensor's) as torch prints it."""
+    try:
+        return int(size)  # type: ignore[call-overload]
+    except (TypeError, ValueError, AttributeError, RuntimeError):
+        return size

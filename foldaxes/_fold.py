@@ -11,7 +11,7 @@ import torch
 
 from ._cache import bounded_cache
 from ._errors import FoldError, format_message
-from ._folding import Folding
+from ._folding import Folding, check_callable
 from ._pattern import ELLIPSIS
 from ._unfold import OutputRules, OutSpec
 
@@ -191,8 +191,11 @@ def distribute(
         torch.Size([2, 3, 4, 4, 4])
     """
     folding = Folding(pattern, out=out, fold_kwargs=fold_kwargs, lengths=axes_lengths)
+    check_callable(fn, pattern)
 
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        check_callable(function, pattern)
+
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             return folding(function, args, kwargs)

@@ -14,7 +14,7 @@ import torch
 
 from ._errors import FoldError, format_message
 from ._pattern import ELLIPSIS, parse_pattern, parse_rule
-from ._plan import Rule, SizeMismatch
+from ._plan import Rule, SizeMismatch, product
 from ._unfold import OutputRules, OutSpec
 
 __all__ = ["Folding"]
@@ -71,11 +71,15 @@ class Folding:
                 span = spans[ndim]
                 if span is not None:
                     start, end = span
-                    sizes = x.shape[start : end + 1]
-                    y = fn(x.flatten(start, end))
-                    if isinstance(y, torch.Tensor) and y.ndim > start and y.shape[start] == sizes.numel():
-                        return torch.unflatten(y, start, sizes)
-                    return self.outputs.unfold(y, start, sizes)
+                    try:
+                        sizes, folded = x.shape[start : end + 1], x.flatten(start, end)
+                    except RuntimeError:  # a nested or sparse tensor: the general path says what is wrong
+                        pass
+                    else:
+                        y = fn(folded)
+                        if isinstance(y, torch.Tensor) and y.ndim > start and y.shape[start] == product(sizes):
+                            return torch.unflatten(y, start, sizes)
+                        return self.outputs.unfold(y, start, sizes)
         folded_args, folded_kwargs, dim, group_sizes = self.fold_arguments(args, kwargs)
         return self.outputs.unfold(fn(*folded_args, **folded_kwargs), dim, group_sizes)
 
@@ -91,7 +95,7 @@ class Folding:
         if not positions or (not self.single and len(positions) != len(self.rules)):
             raise self._count_error(args, positions)
         folded_args = list(args)
-        seen: dict[str, tuple[object, str]] = {}
+        seen: dict[str, tuple[object, str, torch.Size]] = {}
         dim: int | None = None
         sizes: Sequence[int] = ()
         for operand, position in enumerate(positions):
@@ -108,8 +112,12 @@ class Folding:
                 continue
             if not isinstance(value, torch.Tensor):
                 raise FoldError(
-                    f"Keyword argument '{name}' is listed in fold_kwargs but is of type {type(value).__name__}, "
-                    "not a tensor.\n  Pass a tensor, or None to leave it out."
+                    format_message(
+                        f"Keyword argument '{name}' is listed in fold_kwargs but is of type {type(value).__name__}, "
+                        "not a tensor.",
+                        pattern=rule.pattern,
+                        hint="Pass a tensor, or None to leave it out.",
+                    )
                 )
             folded_kwargs[name], _, _ = self._fold_one(
                 rule, self._compared_kwargs[name], value, f"keyword argument '{name}'", seen
@@ -122,8 +130,17 @@ class Folding:
         compared: tuple[frozenset[str], bool],
         x: torch.Tensor,
         label: str,
-        seen: dict[str, tuple[object, str]],
+        seen: dict[str, tuple[object, str, torch.Size]],
     ) -> tuple[torch.Tensor, Sequence[int], int | None]:
+        if x.is_nested or x.layout != torch.strided:
+            kind = "nested" if x.is_nested else str(x.layout).replace("torch.", "")
+            raise FoldError(
+                format_message(
+                    f"{label} is a {kind} tensor; foldaxes folds strided (dense) tensors only.",
+                    pattern=rule.pattern,
+                    hint="Convert it first, for example with x.to_dense() or x.to_padded_tensor(0).",
+                )
+            )
         plan = rule.plan(x, label)
         try:
             folded, group_sizes, elementary = plan.apply(x, self.lengths)
@@ -158,9 +175,15 @@ class Folding:
         return frozenset(name for name in names if name != ELLIPSIS), same_group
 
     def _agree(
-        self, rule: Rule, name: str, size: object, label: str, x: torch.Tensor, seen: dict[str, tuple[object, str]]
+        self,
+        rule: Rule,
+        name: str,
+        size: object,
+        label: str,
+        x: torch.Tensor,
+        seen: dict[str, tuple[object, str, torch.Size]],
     ) -> None:
-        first = seen.setdefault(name, (size, label))
+        first = seen.setdefault(name, (size, label, x.shape))
         if first[0] != size:
             shown = "the axes of '...'" if name.startswith("(") else f"axis '{name}'"
             raise FoldError(
@@ -169,7 +192,7 @@ class Folding:
                     f"{_size_text(first[0])} there.",
                     pattern=rule.pattern,
                     span=rule.operand.span("lhs", name),
-                    shapes=[(label, x.shape)],
+                    shapes=[(first[1], first[2]), (label, x.shape)],
                     hint="Every tensor argument must have the same sizes for the folded axes"
                     + ("" if self.single else " and for every axis name operands share")
                     + ".",
@@ -221,6 +244,22 @@ class Folding:
                         hint=f"Write every folded group in the same order: ({shown}).",
                     )
                 )
+
+
+def check_callable(fn: object, pattern: str) -> None:
+    """Refuses what cannot be the wrapped module: ``None`` is allowed (a factory), anything else must be callable."""
+    if fn is None or (callable(fn) and not isinstance(fn, type)):
+        return
+    what = f"the class {fn.__name__}" if isinstance(fn, type) else f"an object of type {type(fn).__name__}"
+    raise FoldError(
+        format_message(
+            f"The wrapped module must be a module instance or another callable, not {what}.",
+            pattern=pattern,
+            hint="Pass an instance, for example nn.Linear(4, 5) rather than nn.Linear."
+            if isinstance(fn, type)
+            else "Pass the module or function as the second positional argument.",
+        )
+    )
 
 
 def _checked_lengths(pattern: str, lengths: Mapping[str, Any]) -> dict[str, int]:

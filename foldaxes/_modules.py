@@ -9,7 +9,7 @@ from torch import nn
 
 from ._checkpoint import CHILD, hide_child_prefix
 from ._errors import FoldError, format_message
-from ._folding import Folding
+from ._folding import Folding, check_callable
 from ._unfold import OutSpec
 
 __all__ = ["Distribute", "TimeDistributed"]
@@ -69,14 +69,7 @@ class Distribute(nn.Module):
     ) -> None:
         super().__init__()
         self._folding = Folding(pattern, out=out, fold_kwargs=fold_kwargs, lengths=axes_lengths)
-        if module is not None and not callable(module):
-            raise FoldError(
-                format_message(
-                    f"Distribute wraps a module or another callable, not a {type(module).__name__}.",
-                    pattern=pattern,
-                    hint="Pass the module as the second positional argument.",
-                )
-            )
+        check_callable(module, pattern)
         self._out = out
         self._fold_kwargs = fold_kwargs
         self._lengths = axes_lengths
@@ -127,7 +120,9 @@ class TimeDistributed(Distribute):
     arguments, same results, but no copies where a view exists, several inputs and nested outputs. Merging the
     first two axes is the same operation in either order, so ``batch_first`` only names the axes in messages and
     ``repr`` (``"b t ... -> (b t) ..."`` or ``"t b ... -> (t b) ..."``); it defaults to ``False`` as in that
-    recipe.
+    recipe. Checkpoints of that recipe (keys under ``module.``) load as they are. A 2-D input is folded too, to
+    ``(B*T,)``, so an ``nn.Embedding`` over token ids works; some copies of the recipe instead passed inputs of
+    at most 2 dims to the module unchanged.
 
     Args:
         module: The module or callable to apply per time step.
@@ -152,6 +147,14 @@ class TimeDistributed(Distribute):
         fold_kwargs: Mapping[str, str] | None = None,
     ) -> None:
         pattern = "b t ... -> (b t) ..." if batch_first else "t b ... -> (t b) ..."
+        if not isinstance(batch_first, bool):
+            raise FoldError(
+                format_message(
+                    f"batch_first must be True or False, not {batch_first!r}.",
+                    pattern=pattern,
+                    hint="Both fold the first two axes; the flag names them (b t) or (t b) in messages.",
+                )
+            )
         if module is None:
             raise FoldError(
                 format_message(

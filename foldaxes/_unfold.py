@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -79,18 +80,14 @@ class OutputRules:
         if isinstance(self.out, str):
             rule = self.rules[self.out]
             return self._each_tensor(result, lambda leaf: self._rearrange(rule, leaf, result, bindings))
+
+        def rearrange(pattern: str | None, part: Any) -> Any:
+            if pattern is None:
+                return part
+            return self._each_tensor(part, lambda leaf: self._rearrange(self.rules[pattern], leaf, result, bindings))
+
         try:
-            return map_structure(
-                lambda pattern, part: (
-                    part
-                    if pattern is None
-                    else self._each_tensor(
-                        part, lambda leaf: self._rearrange(self.rules[pattern], leaf, result, bindings)
-                    )
-                ),
-                self.out,
-                result,
-            )
+            return map_structure(rearrange, _conform(self.out, result), result)
         except ValueError as error:
             found = (
                 "the output is a single tensor"
@@ -105,12 +102,34 @@ class OutputRules:
                 )
             ) from None
 
-    @staticmethod
-    def _each_tensor(part: Any, apply: Any) -> Any:
+    def _each_tensor(self, part: Any, apply: Any) -> Any:
         if isinstance(part, torch.Tensor):
             return apply(part)
         leaves, spec = flatten(part)
-        return unflatten([apply(leaf) if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves], spec)
+        return unflatten(
+            [apply(leaf) if isinstance(leaf, torch.Tensor) else self._opaque(leaf, part) for leaf in leaves], spec
+        )
+
+    def _opaque(self, leaf: Any, result: Any) -> Any:
+        """Passes a non-tensor leaf through, unless it hides tensors that would come back still folded."""
+        if isinstance(leaf, set | frozenset):
+            hidden = any(isinstance(item, torch.Tensor) for item in leaf)
+        elif dataclasses.is_dataclass(leaf) and not isinstance(leaf, type):
+            hidden = any(isinstance(getattr(leaf, field.name), torch.Tensor) for field in dataclasses.fields(leaf))
+        else:
+            return leaf
+        if hidden:
+            path = next(p for p, other in zip(leaf_paths(result), flatten(result)[0], strict=True) if other is leaf)
+            raise FoldError(
+                format_message(
+                    f"{f'Output {path}' if path else 'The output'} is of type {type(leaf).__name__} and holds "
+                    "tensors, which foldaxes cannot look into: they would come back still folded.",
+                    pattern=self.pattern,
+                    hint="Return a tuple, list, dict or NamedTuple, register a dataclass with "
+                    "torch.export.register_dataclass, or pass out= with None for this output.",
+                )
+            )
+        return leaf
 
     def _split(self, leaf: torch.Tensor, result: Any, dim: int, sizes: Sequence[int], total: int) -> torch.Tensor:
         if leaf.ndim <= dim or leaf.shape[dim] != total:
@@ -124,8 +143,8 @@ class OutputRules:
                     pattern=self.pattern,
                     shapes=[(label, leaf.shape)],
                     sizes=bind_group(self.group_axes, sizes),
-                    hint="Pass out= with a pattern for this output (for example '(b t) n -> b t n'), or None to "
-                    "return it as the module gave it.",
+                    hint=f"Pass out= with a pattern for this output (for example '({axes}) n -> {axes} n' if the "
+                    "folded axes are elsewhere), or None to return it as the module gave it.",
                 )
             )
         if not sizes:
@@ -149,6 +168,23 @@ class OutputRules:
                     hint=f"The folded axes are bound from the input (fold pattern: {self.pattern}).",
                 )
             ) from None
+
+
+def _conform(structure: Any, tree: Any) -> Any:
+    """``structure`` with each tuple or list rebuilt as the tuple-like or list that stands there in ``tree``.
+
+    So that ``out=("...", None)`` matches a NamedTuple, a ``torch.return_types`` result or a list by position.
+    """
+    if isinstance(structure, tuple | list) and isinstance(tree, tuple | list) and len(structure) == len(tree):
+        children = [_conform(s, t) for s, t in zip(structure, tree, strict=True)]
+        if isinstance(tree, list):
+            return children
+        if hasattr(tree, "_make"):
+            return tree._make(children)
+        return tuple(children) if type(tree) is tuple else type(tree)(children)
+    if isinstance(structure, Mapping) and isinstance(tree, Mapping):
+        return {key: _conform(value, tree.get(key)) for key, value in structure.items()}
+    return structure
 
 
 def _label(leaf: torch.Tensor, result: Any) -> str:

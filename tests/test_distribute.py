@@ -211,6 +211,19 @@ class TestOutputs:
         assert_exact(out, ref_out.transpose(0, 1))
         assert_exact((h, c), (ref_h, ref_c))
 
+    @pytest.mark.parametrize(
+        "make",
+        [lambda z: torch.max(z, -1), lambda z: Pair(z.sum(-1), "tag"), lambda z: [z.sum(-1), "tag"]],
+        ids=["return-types", "namedtuple", "list"],
+    )
+    def test_out_tuple_matches_any_sequence_by_position(self, make: Any) -> None:
+        x = torch.randn(2, 3, 4)
+        y = Distribute("b t c -> (b t) c", make, out=("(b t) -> t b", None))(x)
+        expected = make(x.flatten(0, 1))
+        assert type(y) is type(expected)
+        assert_exact(y[0], expected[0].unflatten(0, (2, 3)).transpose(0, 1))
+        assert y[1] is expected[1] if isinstance(y[1], str) else torch.equal(y[1], expected[1])
+
     def test_out_structure_dict_in_any_key_order(self) -> None:
         x = torch.randn(2, 3, 4)
         y = Distribute(

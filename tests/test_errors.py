@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from typing import Any
 
 import einops
@@ -11,6 +13,11 @@ from torch import nn
 
 import foldaxes
 from foldaxes import Distribute, FoldError
+
+
+@dataclasses.dataclass
+class Holder:
+    value: torch.Tensor
 
 
 def message(fn: Any) -> str:
@@ -108,7 +115,13 @@ class TestBadPatterns:
         ("build", "expected"),
         [
             (lambda: Distribute(["b t -> (b t)"], nn.Identity()), "must be a string"),
-            (lambda: Distribute("b t -> (b t)", "conv"), "wraps a module or another callable, not a str"),
+            (
+                lambda: Distribute("b t -> (b t)", "conv"),
+                "a module instance or another callable, not an object of type str",
+            ),
+            (lambda: Distribute("b t -> (b t)", nn.Linear), "not the class Linear"),
+            (lambda: foldaxes.distribute("b t -> (b t)", 5), "not an object of type int"),
+            (lambda: foldaxes.TimeDistributed(nn.Identity(), "yes"), "batch_first must be True or False"),
             (lambda: foldaxes.TimeDistributed(None), "needs the module"),  # type: ignore[arg-type]
             (lambda: foldaxes.fold(torch.zeros(2, 6), "b (t v) -> (b t) v", v=[2]), "must be a positive int"),
             (lambda: foldaxes.fold(3, "b t -> (b t)"), "takes a tensor or a sequence of tensors, not int"),
@@ -119,6 +132,9 @@ class TestBadPatterns:
         ids=[
             "pattern-list",
             "module-str",
+            "module-class",
+            "function-int",
+            "batch-first-str",
             "time-distributed-none",
             "unhashable-length",
             "fold-int",
@@ -211,6 +227,26 @@ class TestBadInputs:
         assert "wraps no module yet" in text
 
 
+class TestUnsupportedLayouts:
+    @pytest.mark.parametrize(
+        "make",
+        [
+            lambda: torch.nested.nested_tensor([torch.randn(3, 4), torch.randn(2, 4)], layout=torch.jagged),
+            lambda: torch.randn(2, 3, 4).to_sparse(),
+        ],
+        ids=["jagged", "sparse"],
+    )
+    @pytest.mark.parametrize("warm", [False, True], ids=["first-call", "after-a-dense-call"])
+    def test_clear_error(self, make: Any, warm: bool) -> None:
+        wrapped = Distribute("b t c -> (b t) c", lambda z: z)
+        if warm:
+            wrapped(torch.zeros(2, 3, 4))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's "prototype" and "beta" notices
+            x = make()
+        assert "foldaxes folds strided (dense) tensors only" in message(lambda: wrapped(x))
+
+
 class TestBadOutputs:
     def test_leaf_that_cannot_be_unfolded(self) -> None:
         wrapped = Distribute("b t x -> (b t) x", lambda a: {"a": a, "stats": (a.mean(), a[:1])})
@@ -240,6 +276,17 @@ class TestBadOutputs:
     def test_keys_keep_their_case(self) -> None:
         wrapped = Distribute("b t x -> (b t) x", lambda a: {"Logits": a[:1]})
         assert "Output ['Logits']" in message(lambda: wrapped(torch.zeros(2, 3, 4)))
+
+    @pytest.mark.parametrize("make", [lambda z: {z}, lambda z: Holder(z)], ids=["set", "dataclass"])
+    def test_containers_foldaxes_cannot_see_into(self, make: Any) -> None:
+        wrapped = Distribute("b t x -> (b t) x", lambda a: (a, make(a)))
+        assert "Output [1] is of type" in message(lambda: wrapped(torch.zeros(2, 3, 4)))
+        whole = Distribute("b t x -> (b t) x", make)
+        assert "The output is of type" in message(lambda: whole(torch.zeros(2, 3, 4)))
+
+    def test_hint_uses_the_folded_axes(self) -> None:
+        wrapped = Distribute("b v x -> (b v) x", lambda a: a[:1])
+        assert "'(b v) n -> b v n'" in message(lambda: wrapped(torch.zeros(2, 3, 4)))
 
     def test_out_structure_mismatch(self) -> None:
         wrapped = Distribute("b t x -> (b t) x", lambda a: (a, a), out=("(b t) x -> b t x",))

@@ -68,6 +68,18 @@ class TestCheckpoints:
         result = Video(True).load_state_dict({"enc.0.weight": torch.zeros(4, 3, 3, 3), "enc.x": 1}, strict=False)
         assert "enc.0.bias" in result.missing_keys and result.unexpected_keys == ["enc.x"]
 
+    def test_classic_time_distributed_checkpoints_load(self) -> None:
+        class ClassicTimeDistributed(nn.Module):
+            def __init__(self, module: nn.Module, batch_first: bool = False) -> None:
+                super().__init__()
+                self.module = module
+                self.batch_first = batch_first
+
+        old = nn.Sequential(ClassicTimeDistributed(nn.Conv2d(3, 4, 3), True))
+        new = nn.Sequential(TimeDistributed(nn.Conv2d(3, 4, 3), True))
+        new.load_state_dict(old.state_dict())
+        assert torch.equal(new[0].module.weight, old[0].module.weight)
+
     def test_a_subclass_keeps_its_own_parameters(self) -> None:
         class Scaled(Distribute):
             def __init__(self) -> None:
@@ -231,6 +243,18 @@ class TestCompile:
         x = torch.randn(2, 3, 3, 8, 8)
         compiled = torch.compile(wrapped, fullgraph=True)
         torch.testing.assert_close(compiled(x), wrapped(x))
+
+
+class TestExport:
+    @pytest.mark.parametrize(
+        "pattern", ["b t c -> (b t) c", "t b c -> (b t) c", "b t ... -> (b t) ..."], ids=["view", "permute", "ellipsis"]
+    )
+    def test_dynamic_batch_and_time(self, pattern: str) -> None:
+        model = nn.Sequential(Distribute(pattern, nn.Linear(4, 5)))
+        dims = {0: torch.export.Dim("d0"), 1: torch.export.Dim("d1")}
+        program = torch.export.export(model, (torch.randn(2, 3, 4),), dynamic_shapes=(dims,))
+        x = torch.randn(5, 7, 4)
+        torch.testing.assert_close(program.module()(x), model(x))
 
 
 class TestTrace:
