@@ -147,7 +147,7 @@ class TimeDistributed(Distribute):
         fold_kwargs: Mapping[str, str] | None = None,
     ) -> None:
         pattern = "b t ... -> (b t) ..." if batch_first else "t b ... -> (t b) ..."
-        if not isinstance(batch_first, bool):
+        if batch_first not in (True, False):
             raise FoldError(
                 format_message(
                     f"batch_first must be True or False, not {batch_first!r}.",
@@ -164,4 +164,4 @@ class TimeDistributed(Distribute):
                 )
             )
         super().__init__(pattern, module, out=out, fold_kwargs=fold_kwargs)
-        self.batch_first = batch_first
+        self.batch_first = bool(batch_first)

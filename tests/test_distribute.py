@@ -39,6 +39,10 @@ class TestClassicRecipeExamples:
         assert_exact(wrapped(x), loop_reference(conv, [x], [0, 1]))
         assert ("b t ..." if batch_first else "t b ...") in repr(wrapped)
 
+    def test_batch_first_as_an_int_like_the_recipe_allowed(self) -> None:
+        assert TimeDistributed(nn.Identity(), 1).batch_first is True
+        assert TimeDistributed(nn.Identity(), 0).batch_first is False
+
     def test_rank_two_input(self) -> None:
         embedding = nn.Embedding(10, 4)
         tokens = torch.randint(0, 10, (3, 7))
