@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 
 @pytest.fixture(autouse=True)
@@ -43,23 +44,26 @@ def _stack(results: list[Any], lead: torch.Size) -> Any:
     return type(first)(_stack([r[i] for r in results], lead) for i in range(len(first)))
 
 
-def assert_exact(actual: Any, expected: Any) -> None:
-    """Equal values and shapes, leaf by leaf, to float64 rounding."""
+def assert_exact(actual: Any, expected: Any, tolerance: float = 1e-12) -> None:
+    """Same structure and shapes, and values equal to float64 rounding (``tolerance``), leaf by leaf."""
     if isinstance(expected, torch.Tensor):
-        assert isinstance(actual, torch.Tensor)
+        assert isinstance(actual, torch.Tensor), type(actual)
         assert actual.shape == expected.shape
-        torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(actual, expected, rtol=tolerance, atol=tolerance)
         return
     assert type(actual) is type(expected)
     if isinstance(expected, dict):
         assert actual.keys() == expected.keys()
         for key in expected:
-            assert_exact(actual[key], expected[key])
+            assert_exact(actual[key], expected[key], tolerance)
         return
     assert len(actual) == len(expected)
     for a, e in zip(actual, expected, strict=True):
-        assert_exact(a, e)
+        assert_exact(a, e, tolerance)
 
 
-def same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return bool(a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr())
+def allocations(fn: Callable[[], Any]) -> tuple[Any, list[int]]:
+    """Runs ``fn`` under the CPU profiler; returns its result and the size of each allocation it made."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    return result, [event.self_cpu_memory_usage for event in prof.events() if event.self_cpu_memory_usage > 0]

@@ -18,9 +18,9 @@ from typing import Any
 import einops
 import pytest
 import torch
+from conftest import allocations, assert_exact
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from torch.profiler import ProfilerActivity, profile
 
 import foldaxes
 
@@ -237,24 +237,6 @@ def _assemble(results: list[Any], dim: int, sizes: Sequence[int]) -> Any:
     return type(first)(_assemble([r[i] for r in results], dim, sizes) for i in range(len(first)))
 
 
-def assert_close_tree(actual: Any, expected: Any) -> None:
-    """Same structure, shapes and values (float64, up to summation order)."""
-    if isinstance(expected, torch.Tensor):
-        assert isinstance(actual, torch.Tensor), type(actual)
-        assert actual.shape == expected.shape
-        torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
-        return
-    assert type(actual) is type(expected)
-    if isinstance(expected, dict):
-        assert actual.keys() == expected.keys()
-        for key in expected:
-            assert_close_tree(actual[key], expected[key])
-        return
-    assert len(actual) == len(expected)
-    for a, e in zip(actual, expected, strict=True):
-        assert_close_tree(a, e)
-
-
 def per_sample_fn(dim: int, ndim: int, last_size: int, seed: int, nested: bool) -> Callable[..., Any]:
     """A function that treats ``dim`` as its batch: each output entry depends only on its own sample.
 
@@ -309,13 +291,6 @@ class TestFoldMatchesEinops:
             assert torch.equal(folded, einops.rearrange(tensor, case.pattern, **case.lengths))
 
 
-def _allocations(fn: Callable[[], Any]) -> tuple[Any, list[int]]:
-    """Runs ``fn`` under the CPU profiler; returns its result and the size of each allocation it made."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        result = fn()
-    return result, [event.self_cpu_memory_usage for event in prof.events() if event.self_cpu_memory_usage > 0]
-
-
 LAYOUTS = {
     "contiguous": lambda t: t,
     "reversed-memory": lambda t: t.permute(*reversed(range(t.ndim))).contiguous().permute(*reversed(range(t.ndim))),
@@ -333,7 +308,7 @@ class TestFoldCopiesOnlyWhenItMust:
         x = LAYOUTS[layout](_tensor(case.shape, seed))
         expected = einops.rearrange(x, case.pattern, **case.lengths)
         einops_views = expected.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
-        (folded, _), allocated = _allocations(lambda: foldaxes.fold(x, case.pattern, **case.lengths))
+        (folded, _), allocated = allocations(lambda: foldaxes.fold(x, case.pattern, **case.lengths))
         assert torch.equal(folded, expected)
         if einops_views:
             assert allocated == []
@@ -386,8 +361,8 @@ class TestDistributeMatchesLoop:
         fn = per_sample_fn(case.group_dim, len(folded_shape), folded_shape[-1], seed, nested)
         expected = loop_over_group(fn, [unfolded], [case.group_dim], case.group_sizes, case.group_dim)
         wrapped = foldaxes.Distribute(case.pattern, fn, **case.lengths)
-        assert_close_tree(wrapped(x), expected)
-        assert_close_tree(wrapped(x), expected)  # the second call may take the cached fast path
+        assert_exact(wrapped(x), expected, tolerance=1e-10)
+        assert_exact(wrapped(x), expected, tolerance=1e-10)  # the second call may take the cached fast path
 
     @PROPERTY
     @given(case=fold_cases(second_group=False), seed=st.integers(0, 2**16))
@@ -401,7 +376,7 @@ class TestDistributeMatchesLoop:
 
         unfolded = [einops.rearrange(t, case.unfolded_pattern, **case.lengths) for t in (x, z)]
         expected = loop_over_group(fn, unfolded, [case.group_dim] * 2, case.group_sizes, case.group_dim)
-        assert_close_tree(foldaxes.Distribute(case.pattern, fn, **case.lengths)(x, z), expected)
+        assert_exact(foldaxes.Distribute(case.pattern, fn, **case.lengths)(x, z), expected, tolerance=1e-10)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -485,7 +460,7 @@ class TestSeveralOperands:
         unfolded = [einops.rearrange(x, c.unfolded_pattern) for c, x in zip(case.operands, xs, strict=True)]
         dims = [c.group_dim for c in case.operands]
         expected = loop_over_group(fn, unfolded, dims, first.group_sizes, first.group_dim)
-        assert_close_tree(foldaxes.Distribute(case.pattern, fn)(*xs), expected)
+        assert_exact(foldaxes.Distribute(case.pattern, fn)(*xs), expected, tolerance=1e-10)
 
 
 def _f2(a: torch.Tensor, b: torch.Tensor) -> Any:
@@ -507,7 +482,7 @@ class TestTwoOperandsBT:
         a, c = _tensor((b, t, x), 1), _tensor((b, t, y), 2)
         result = foldaxes.Distribute(self.PATTERN, _f2)(a, c)
         expected = loop_over_group(_f2, [a, c], [0, 0], (b, t), 0)
-        assert_close_tree(result, expected)
+        assert_exact(result, expected, tolerance=1e-10)
         assert result[0].shape == (b, t, x)
         assert result[1].shape == (b, t, x + y)
 
@@ -516,7 +491,7 @@ class TestTwoOperandsBT:
         a, c = _tensor((b, t, x), 3), _tensor((t, b, y), 4)
         result = foldaxes.Distribute("b t x, t b y -> (b t) x, (b t) y", _f2)(a, c)
         expected = loop_over_group(_f2, [a, c.transpose(0, 1)], [0, 0], (b, t), 0)
-        assert_close_tree(result, expected)
+        assert_exact(result, expected, tolerance=1e-10)
 
     def test_first_operand_not_folded(self, b: int, t: int, x: int, y: int) -> None:
         # The folded group is the first one in the text, here in the second operand: outputs split as (b t).
@@ -526,7 +501,7 @@ class TestTwoOperandsBT:
         a, c = _tensor((b, x), 5), _tensor((b, t, y), 6)
         result = foldaxes.Distribute("b x, b t y -> b x, (b t) y", fn)(a, c)
         expected = loop_over_group(fn, [a[:, None].expand(b, t, x), c], [0, 0], (b, t), 0)
-        assert_close_tree(result, expected)
+        assert_exact(result, expected, tolerance=1e-10)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -579,7 +554,7 @@ class TestKnownPatterns:
         wrapped = foldaxes.Distribute(pattern, fn, **lengths)
         expected = loop_over_group(fn, [unfolded], [dim], sizes, dim)
         for _ in range(2):  # the first call builds the plan, the second may take the fast path
-            assert_close_tree(wrapped(x), expected)
+            assert_exact(wrapped(x), expected, tolerance=1e-10)
 
 
 class TestAxisNamedLikeAParameter:

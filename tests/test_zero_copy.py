@@ -12,20 +12,13 @@ from typing import Any
 import einops
 import pytest
 import torch
+from conftest import allocations
 from torch import nn
-from torch.profiler import ProfilerActivity, profile
 
 import foldaxes
 
 DTYPE = torch.float64
 CL = torch.channels_last
-
-
-def allocations(fn: Callable[[], Any]) -> tuple[Any, list[int]]:
-    """Runs ``fn`` under the CPU profiler; returns its result and the size of every allocation it made."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        result = fn()
-    return result, [event.self_cpu_memory_usage for event in prof.events() if event.self_cpu_memory_usage > 0]
 
 
 def storage(t: torch.Tensor) -> int:
@@ -111,29 +104,22 @@ class TestFoldIsAView:
         assert (back.data_ptr(), back.shape, back.stride()) == (x.data_ptr(), x.shape, x.stride())
 
     @pytest.mark.parametrize(("make", "pattern", "batch_first"), VIEW_CASES)
-    def test_distribute(self, make: Callable[[], torch.Tensor], pattern: str, batch_first: bool) -> None:
+    @pytest.mark.parametrize("wrapper", ["Distribute", "TimeDistributed"])
+    def test_wrappers(self, make: Callable[[], torch.Tensor], pattern: str, batch_first: bool, wrapper: str) -> None:
         x = make()
         recorder = Recorder(lambda t: t)
-        wrapped = foldaxes.Distribute(pattern, recorder)
+        if wrapper == "Distribute":
+            wrapped: torch.nn.Module = foldaxes.Distribute(pattern, recorder)
+            expected = foldaxes.fold(x, pattern)[0].shape
+        else:
+            wrapped = foldaxes.TimeDistributed(recorder, batch_first)
+            expected = torch.Size((x.shape[0] * x.shape[1], *x.shape[2:]))
         for call in range(2):  # the first call builds the plan; the second may take the cached fast path
             out, allocated = allocations(lambda: wrapped(x))
             (seen,) = recorder.inputs[call]
             assert allocated == [], f"call {call}"
-            assert storage(seen) == storage(x)
-            assert seen.data_ptr() == x.data_ptr()
-            assert (out.data_ptr(), out.shape, out.stride()) == (x.data_ptr(), x.shape, x.stride())
-
-    @pytest.mark.parametrize(("make", "pattern", "batch_first"), VIEW_CASES)
-    def test_time_distributed(self, make: Callable[[], torch.Tensor], pattern: str, batch_first: bool) -> None:
-        x = make()
-        recorder = Recorder(lambda t: t)
-        wrapped = foldaxes.TimeDistributed(recorder, batch_first)
-        for call in range(2):
-            out, allocated = allocations(lambda: wrapped(x))
-            (seen,) = recorder.inputs[call]
-            assert allocated == [], f"call {call}"
-            assert storage(seen) == storage(x)
-            assert seen.shape == (x.shape[0] * x.shape[1], *x.shape[2:])
+            assert storage(seen) == storage(x) and seen.data_ptr() == x.data_ptr()
+            assert seen.shape == expected
             assert (out.data_ptr(), out.shape, out.stride()) == (x.data_ptr(), x.shape, x.stride())
 
 
