@@ -53,7 +53,7 @@ class Operand:
 
     @property
     def group_axes(self) -> tuple[str, ...] | None:
-        """The names in the first parenthesised group of ``rhs``, in order."""
+        """The names in the group this operand folds, in order."""
         return None if self.group is None else _names(self.rhs[self.group])
 
     def span(self, side: str, name: str) -> tuple[int, int] | None:

@@ -119,11 +119,11 @@ class OutputRules:
         else:
             return leaf
         if hidden:
-            path = next(p for p, other in zip(leaf_paths(result), flatten(result)[0], strict=True) if other is leaf)
+            label = _label(leaf, result)
             raise FoldError(
                 format_message(
-                    f"{f'Output {path}' if path else 'The output'} is of type {type(leaf).__name__} and holds "
-                    "tensors, which foldaxes cannot look into: they would come back still folded.",
+                    f"{label[0].upper() + label[1:]} is of type {type(leaf).__name__} and holds tensors, which "
+                    "foldaxes cannot look into: they would come back still folded.",
                     pattern=self.pattern,
                     hint="Return a tuple, list, dict or NamedTuple, register a dataclass with "
                     "torch.export.register_dataclass, or pass out= with None for this output.",
@@ -187,7 +187,7 @@ def _conform(structure: Any, tree: Any) -> Any:
     return structure
 
 
-def _label(leaf: torch.Tensor, result: Any) -> str:
+def _label(leaf: Any, result: Any) -> str:
     """``"the output"``, or ``"output ['logits'][0]"`` for a leaf inside a structure: only for messages."""
     if leaf is result:
         return "the output"
