@@ -1,0 +1,114 @@
+"""``python -m benchmarks``: foldaxes beside every other way of folding (batch, time), in one process.
+
+Runs the eager workloads A to F, the compiled workload G and the construction workload H, prints a table per
+workload and the targets with PASS or FAIL, prints the summary table last, and writes the same to
+docs/benchmarks.md with a bar chart (docs/benchmarks.png, when matplotlib is installed). Nothing here decides
+CI: the exit status is 0 unless ``--check`` is given and a target fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import _compiled, _construction, _report, _workloads
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+GPU_SECTION = """## On a GPU
+
+Not measured on a GPU yet. `python benchmarks/gpu_check.py` on a CUDA machine checks zero copy, CUDA-graph
+capture and torch.compile, and times workloads B and F in bfloat16 and float32 with CUDA events; its table goes
+here, with the card and the date, once it has run."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer and shorter rounds: under 2 minutes")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds per workload (default 7, quick 3)")
+    parser.add_argument("--seconds", type=float, help="minimum run time of a column per round (default 0.2)")
+    parser.add_argument("--only", help="comma-separated workload keys, e.g. A-Linear,B,G,H (default: all)")
+    parser.add_argument("--scale", type=int, default=1, help="divide the image sizes by this, for smoke runs")
+    parser.add_argument("--no-keras", action="store_true", help="leave Keras out even when it is installed")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md as it is")
+    parser.add_argument("--check", action="store_true", help="exit with status 1 when a target fails")
+    args = parser.parse_args(argv)
+    rounds = args.rounds or (3 if args.quick else 7)
+    seconds = args.seconds or (0.05 if args.quick else 0.2)
+    only = set(args.only.split(",")) if args.only else None
+
+    def wanted(key: str) -> bool:
+        return only is None or key in only or key.split("-")[0] in only
+
+    started = time.perf_counter()
+    sections, checks, results = [], [], []
+    for workload in _workloads.workloads(args.scale):
+        if not wanted(workload.key):
+            continue
+        _progress(f"{workload.key}: {workload.title}", started)
+        result = _workloads.run(workload, rounds, seconds, keras=not args.no_keras)
+        results.append(result)
+        sections += [*_report.details(result), ""]
+        checks += _workloads.targets(result)
+    compiled = None
+    if wanted("G"):
+        _progress("G: workload B under torch.compile (inductor)", started)
+        compiled = _compiled.run(rounds, seconds, side=64 // args.scale)
+        sections += ["**G**: workload B under torch.compile", "", *_report.compiled_details(compiled), ""]
+        checks += _compiled.targets(compiled)
+    if wanted("H"):
+        _progress("H: building a Distribute and its first call", started)
+        construction = _construction.run(repeats=100 if args.quick else 400)
+        sections += ["**H**: construction and first call", "", *_report.construction_details(construction), ""]
+        checks += _construction.targets(construction)
+
+    header = _report.environment(torch.get_num_threads())
+    summary = _report.summary(results, compiled)
+    targets = _report.target_lines(checks)
+    print("\n".join(["", *sections, "Targets", "", *targets, "", header, "", *summary]))
+    if not args.no_write and only is None and args.scale == 1:
+        drawn = _report.chart(results, DOCS / "benchmarks.png")
+        (DOCS / "benchmarks.md").write_text(_page(header, summary, sections, targets, drawn, args.quick))
+        _progress(f"wrote {DOCS / 'benchmarks.md'}", started)
+    failed = [name for name, ok in checks if not ok]
+    return 1 if args.check and failed else 0
+
+
+def _progress(message: str, started: float) -> None:
+    print(f"[{time.perf_counter() - started:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+def _page(header: str, summary: list[str], sections: list[str], targets: list[str], chart: bool, quick: bool) -> str:
+    mode = "`python -m benchmarks --quick`" if quick else "`python -m benchmarks`"
+    parts = [
+        "# Benchmarks",
+        "",
+        "foldaxes beside every other way of running a module over (batch, time), measured in one process with",
+        "interleaved rounds (`torch.utils.benchmark`, blocked autorange, medians). Ratios are to the hand-written",
+        "fold `m(x.flatten(0, 1)).unflatten(0, x.shape[:2])`: the median over rounds of the column's time divided",
+        "by the hand-written fold's time in the same round. *Spread* is (slowest round - fastest round) / median.",
+        "*Copied in / out* counts the bytes written by `aten::copy_` and `aten::cat` outside the module call, before",
+        "and after it; *peak memory* is the most bytes held at once during one call (CPU profiler memory events).",
+        "",
+        f"This page is written by {mode}; run it to measure your own machine.",
+        "",
+        f"Measured on {header}",
+        "",
+        "## Ratio to the hand-written fold",
+        "",
+        *summary,
+        "",
+        _report.KERAS_NOTE,
+        "",
+    ]
+    if chart:
+        parts += ["![Ratio to the hand-written fold, per workload](benchmarks.png)", ""]
+    parts += ["## Targets", "", *targets, "", "## Each workload", "", *sections, GPU_SECTION, ""]
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,164 @@
+"""Timing and profiling: interleaved rounds of medians, and what one call copies and allocates.
+
+Every column of a workload is timed once per round, the rounds interleaved and the column order rotated from
+round to round, so that drift of the machine (other processes, frequency changes) hits every column alike. A
+column's ratio is the median over rounds of its time divided by its baseline's time in the same round.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile, record_function
+from torch.utils.benchmark import Timer
+
+MODULE_MARK = "benchmarks::module"
+COPY_OPS = frozenset({"aten::copy_", "aten::cat"})
+
+
+def median_seconds(fn: Callable[[], Any], min_run_time: float) -> float:
+    """The median time of one call of ``fn``, from ``torch.utils.benchmark``'s blocked autorange."""
+    return float(Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median)
+
+
+def interleaved(calls: Mapping[str, Callable[[], Any]], rounds: int, min_run_time: float) -> dict[str, Rounds]:
+    """Times every call once per round, rotating the order between rounds.
+
+    Args:
+        calls: The columns, each a call without arguments.
+        rounds: How many rounds.
+        min_run_time: Minimum run time of one column in one round, in seconds.
+    """
+    names = list(calls)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(median_seconds(calls[name], min_run_time))
+    return {name: Rounds(tuple(times)) for name, times in samples.items()}
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """One column's median time in each round, in seconds."""
+
+    times: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def spread(self) -> float:
+        """(slowest round - fastest round) / median: how much the machine moved during the measurement."""
+        return (max(self.times) - min(self.times)) / self.median
+
+    def ratio_to(self, other: Rounds) -> float:
+        """The median over rounds of this column's time divided by ``other``'s in the same round."""
+        return statistics.median(mine / theirs for mine, theirs in zip(self.times, other.times, strict=True))
+
+
+class Marked(nn.Module):
+    """Runs a module inside a profiler range, so that what happens inside the module can be told apart."""
+
+    def __init__(self, module: Callable[..., Any]) -> None:
+        super().__init__()
+        self.inner = module
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        with record_function(MODULE_MARK):
+            return self.inner(*args, **kwargs)
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What one call did to memory, from the CPU profiler.
+
+    Attributes:
+        copied_in: Bytes written by copy ops (``aten::copy_``, ``aten::cat``) before the module ran.
+        copied_out: The same after the module ran.
+        peak: The most bytes held at once during the call, beyond what was held before it.
+    """
+
+    copied_in: int
+    copied_out: int
+    peak: int
+
+    @property
+    def copied(self) -> int:
+        return self.copied_in + self.copied_out
+
+
+@contextmanager
+def _profiled() -> Iterator[profile]:
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True) as prof:
+        yield prof
+
+
+def footprint(call: Callable[[], Any]) -> tuple[Any, Footprint]:
+    """Runs ``call`` once under the profiler; a module to tell apart must be wrapped in ``Marked``.
+
+    Copies inside the marked module are the module's own and are not counted.
+    """
+    with _profiled() as prof:
+        result = call()
+    events = sorted(prof.events(), key=lambda event: event.time_range.start)
+    module_ranges = [event.time_range for event in events if event.name == MODULE_MARK]
+    module_start = module_ranges[0].start if module_ranges else float("inf")
+    copied_in = copied_out = 0
+    held = peak = 0
+    for event in events:
+        held += event.self_cpu_memory_usage
+        peak = max(peak, held)
+        if event.name not in COPY_OPS or _inside_module(event):
+            continue
+        if event.time_range.start < module_start:
+            copied_in += _bytes_written(event)
+        else:
+            copied_out += _bytes_written(event)
+    return result, Footprint(copied_in, copied_out, peak)
+
+
+def _inside_module(event: Any) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name == MODULE_MARK:
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
+def _bytes_written(event: Any) -> int:
+    """``copy_`` writes its first argument; ``cat`` writes the output it allocates (its list's shapes go unrecorded)."""
+    if event.name == "aten::cat":
+        return int(event.cpu_memory_usage)
+    itemsize = torch.empty((), dtype=_dtype(event.input_dtypes[0])).element_size()
+    return _numel(event.input_shapes[0]) * itemsize
+
+
+def _numel(shape: list[int]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+_DTYPES = {
+    "float": torch.float32,
+    "double": torch.float64,
+    "c10::Half": torch.float16,
+    "c10::BFloat16": torch.bfloat16,
+    "long int": torch.int64,
+    "int": torch.int32,
+    "bool": torch.bool,
+}
+
+
+def _dtype(name: str) -> torch.dtype:
+    return _DTYPES.get(name, torch.get_default_dtype())

@@ -1,0 +1,215 @@
+"""The eager workloads A to F: what runs, on which input, and the targets each must meet.
+
+Each workload times every column of ``_columns`` on one input, then profiles one call of each to count the
+bytes the wrapper copied, the peak memory, and whether the output kept channels_last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._columns import FOLDAXES, HAND_WRITTEN, KERAS, KERAS_FOLDED, THINNEST, Folds, keras_available, keras_columns
+from ._columns import torch_columns as build_torch_columns
+from ._harness import Footprint, Marked, Rounds, footprint, interleaved
+
+CONV_PATTERN = "b t c h w -> (b t) c h w"
+CONV_FOLDS = Folds(CONV_PATTERN)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One row of the benchmark.
+
+    Attributes:
+        key: Short name used in tables and on the command line (``A-Linear``, ``B``...).
+        title: What runs on what.
+        make_input: Builds the input tensor.
+        make_module: Builds the torch module.
+        folds: The pattern for ``Distribute`` and whether the input is time-major.
+        threads: Torch threads while timing; ``None`` for the machine's default.
+        keras_layer: Builds the same layer from ``keras.layers``, or ``None`` where Keras has no counterpart.
+        keeps_channels_last: Whether the wrappers must keep the module's channels_last output.
+        ratio_limit: The most a foldaxes column may cost, as a multiple of ``limit_of``'s time.
+        limit_of: The column the limit is measured against.
+    """
+
+    key: str
+    title: str
+    make_input: Callable[[], torch.Tensor]
+    make_module: Callable[[], nn.Module]
+    folds: Folds = CONV_FOLDS
+    threads: int | None = None
+    keras_layer: Callable[[Any], Any] | None = None
+    keeps_channels_last: bool = False
+    ratio_limit: float = 1.03
+    limit_of: str = HAND_WRITTEN
+    zero_copy: bool = True
+
+
+@dataclass
+class Result:
+    """What one workload measured, column by column."""
+
+    workload: Workload
+    rounds: dict[str, Rounds]
+    footprints: dict[str, Footprint] = field(default_factory=dict)
+    channels_last: dict[str, bool] = field(default_factory=dict)
+
+    def ratio(self, column: str, to: str = HAND_WRITTEN) -> float:
+        if column == KERAS:
+            to = KERAS_FOLDED
+        return self.rounds[column].ratio_to(self.rounds[to])
+
+
+def _conv() -> nn.Module:
+    return nn.Conv2d(3, 16, kernel_size=3, padding=1)
+
+
+def _conv_net() -> nn.Module:
+    return nn.Sequential(_conv(), nn.ReLU(), nn.Conv2d(16, 16, kernel_size=3, padding=1))
+
+
+def _keras_conv(layers: Any) -> Any:
+    return layers.Conv2D(16, 3, padding="same", data_format="channels_first")
+
+
+def _keras_conv_net(layers: Any) -> Any:
+    import keras
+
+    return keras.Sequential(
+        [
+            layers.Conv2D(16, 3, padding="same", data_format="channels_first", activation="relu"),
+            layers.Conv2D(16, 3, padding="same", data_format="channels_first"),
+        ]
+    )
+
+
+def _channels_last_conv() -> nn.Module:
+    return _conv().to(memory_format=torch.channels_last)
+
+
+def _channels_last_frames() -> torch.Tensor:
+    return torch.randn(32, 3, 64, 64).contiguous(memory_format=torch.channels_last).unflatten(0, (4, 8))
+
+
+def workloads(scale: int = 1) -> list[Workload]:
+    """Every eager workload; ``scale`` > 1 divides the spatial sizes, for smoke runs."""
+    side, large = 64 // scale, 112 // scale
+    return [
+        Workload(
+            "A-Identity",
+            "Identity, x (2, 4, 16), 1 thread",
+            lambda: torch.randn(2, 4, 16),
+            nn.Identity,
+            Folds("b t c -> (b t) c"),
+            threads=1,
+            keras_layer=lambda layers: layers.Identity(),
+            ratio_limit=1.10,
+            limit_of=THINNEST,
+            zero_copy=False,
+        ),
+        Workload(
+            "A-Linear",
+            "Linear(16, 16), x (2, 4, 16), 1 thread",
+            lambda: torch.randn(2, 4, 16),
+            lambda: nn.Linear(16, 16),
+            Folds("b t c -> (b t) c"),
+            threads=1,
+            keras_layer=lambda layers: layers.Dense(16),
+            ratio_limit=1.05,
+            limit_of=THINNEST,
+            zero_copy=False,
+        ),
+        Workload(
+            "B",
+            f"Conv2d(3, 16, 3, p=1), x (4, 8, 3, {side}, {side})",
+            lambda: torch.randn(4, 8, 3, side, side),
+            _conv,
+            keras_layer=_keras_conv,
+        ),
+        Workload(
+            "C",
+            f"Conv2d, inner-axis crop base[..., ::2] -> (4, 8, 3, {side}, {side})",
+            lambda: torch.randn(4, 8, 3, side, 2 * side)[..., ::2],
+            _conv,
+            keras_layer=_keras_conv,
+        ),
+        Workload(
+            "D",
+            f"channels_last Conv2d, per-frame channels_last x (4, 8, 3, {side}, {side})",
+            _channels_last_frames if scale == 1 else lambda: _channels_last_frames()[..., ::scale, ::scale],
+            _channels_last_conv,
+            keeps_channels_last=True,
+        ),
+        Workload(
+            "E",
+            f"Conv2d, time-major x (8, 4, 3, {side}, {side}) folded as (t b)",
+            lambda: torch.randn(8, 4, 3, side, side),
+            _conv,
+            Folds("t b c h w -> (t b) c h w", time_major=True),
+        ),
+        Workload(
+            "F",
+            f"2-layer conv net, x (8, 16, 3, {large}, {large})",
+            lambda: torch.randn(8, 16, 3, large, large),
+            _conv_net,
+            keras_layer=_keras_conv_net,
+        ),
+    ]
+
+
+def run(workload: Workload, rounds: int, min_run_time: float, keras: bool = True) -> Result:
+    """Times every column of ``workload``, then profiles one call of each."""
+    torch.manual_seed(0)
+    x, module = workload.make_input(), workload.make_module()
+    calls = _calls(build_torch_columns(module, workload.folds), x)
+    if keras and workload.keras_layer is not None and keras_available():
+        calls.update(_calls(keras_columns(workload.keras_layer, x), x))
+    threads = torch.get_num_threads()
+    if workload.threads is not None:
+        torch.set_num_threads(workload.threads)
+    try:
+        with torch.no_grad():
+            for call in calls.values():
+                call()  # warm-up: first-call costs are workload H's business
+            result = Result(workload, interleaved(calls, rounds, min_run_time))
+            for name, column in build_torch_columns(Marked(module), workload.folds).items():
+                output, result.footprints[name] = footprint(lambda column=column: column(x))
+                result.channels_last[name] = _is_channels_last(output)
+    finally:
+        torch.set_num_threads(threads)
+    return result
+
+
+def _calls(columns: dict[str, Callable[[torch.Tensor], Any]], x: torch.Tensor) -> dict[str, Callable[[], Any]]:
+    return {name: (lambda column=column: column(x)) for name, column in columns.items()}
+
+
+def _is_channels_last(y: Any) -> bool:
+    """Whether each frame of ``y`` (..., C, H, W) has channels innermost, as a channels_last conv writes it."""
+    return isinstance(y, torch.Tensor) and y.ndim >= 4 and y.stride(-3) == 1 and y.shape[-3] > 1
+
+
+def targets(result: Result) -> list[tuple[str, bool]]:
+    """The workload's targets, each with whether it holds."""
+    workload, checks = result.workload, []
+    for column in FOLDAXES:
+        ratio = result.ratio(column, workload.limit_of)
+        limit = f"{workload.key}: {column} <= {workload.ratio_limit:.2f}x {workload.limit_of}"
+        checks.append((limit, ratio <= workload.ratio_limit))
+        if workload.zero_copy:
+            copied = result.footprints[column].copied
+            checks.append((f"{workload.key}: {column} copies 0 bytes", copied == 0))
+        if workload.keeps_channels_last:
+            checks.append((f"{workload.key}: {column} keeps channels_last", result.channels_last[column]))
+    if workload.key.startswith("A"):
+        peers = [name for name in result.rounds if name not in (*FOLDAXES, HAND_WRITTEN, THINNEST, KERAS_FOLDED)]
+        slowest_foldaxes = max(result.ratio(column) for column in FOLDAXES)
+        for peer in peers:
+            checks.append((f"{workload.key}: foldaxes below {peer}", slowest_foldaxes < result.ratio(peer)))
+    return checks

@@ -1,0 +1,140 @@
+"""The benchmark harness measures what it says: copies, peaks, graphs, compile counts; and it runs end to end.
+
+Nothing here asserts a timing: timings are the benchmark's output, never a test's verdict.
+"""
+
+from __future__ import annotations
+
+import einops
+import pytest
+import torch
+from torch import nn
+
+import foldaxes
+from benchmarks import __main__ as benchmarks_main
+from benchmarks import gpu_check
+from benchmarks._columns import ClassicRecipe, Folds, torch_columns
+from benchmarks._compiled import compile_count, functional_graph_ops
+from benchmarks._harness import Marked, Rounds, footprint, interleaved
+
+FLOAT_BYTES = 4
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+class TestFootprint:
+    def test_a_view_copies_nothing(self) -> None:
+        x = torch.randn(4, 8, 16)
+        _, measured = footprint(lambda: Marked(nn.Identity())(x.flatten(0, 1)).unflatten(0, (4, 8)))
+        assert (measured.copied_in, measured.copied_out) == (0, 0)
+
+    def test_a_copy_before_the_module_counts_in(self) -> None:
+        x = torch.randn(4, 8, 16).transpose(0, 1)
+        _, measured = footprint(lambda: Marked(nn.Identity())(x.contiguous()))
+        assert (measured.copied_in, measured.copied_out) == (x.numel() * FLOAT_BYTES, 0)
+
+    def test_a_copy_after_the_module_counts_out(self) -> None:
+        x = torch.randn(4, 8, 16)
+        _, measured = footprint(lambda: Marked(nn.Identity())(x).transpose(0, 1).contiguous())
+        assert (measured.copied_in, measured.copied_out) == (0, x.numel() * FLOAT_BYTES)
+
+    def test_copies_inside_the_module_are_the_module_s_own(self) -> None:
+        x = torch.randn(4, 8, 16).transpose(0, 1)
+        _, measured = footprint(lambda: Marked(lambda t: t.contiguous())(x))
+        assert measured.copied == 0
+
+    def test_a_cat_counts_its_output(self) -> None:
+        x = torch.randn(4, 8, 16)
+        _, measured = footprint(lambda: Marked(nn.Identity())(einops.pack([x], "* c")[0]))
+        assert measured.copied_in == x.numel() * FLOAT_BYTES
+
+    def test_the_peak_sees_a_temporary(self) -> None:
+        size = 1 << 18
+
+        def allocate_and_drop() -> int:
+            return int(torch.ones(size).sum())
+
+        _, measured = footprint(allocate_and_drop)
+        assert measured.peak >= size * FLOAT_BYTES
+
+
+class TestRounds:
+    def test_ratio_is_the_median_of_same_round_ratios(self) -> None:
+        assert Rounds((1.0, 4.0, 9.0)).ratio_to(Rounds((1.0, 2.0, 3.0))) == 2.0
+
+    def test_spread_is_range_over_median(self) -> None:
+        assert Rounds((1.0, 2.0, 3.0)).spread == 1.0
+
+    def test_interleaved_times_every_call_every_round(self) -> None:
+        calls = {"a": lambda: None, "b": lambda: None}
+        measured = interleaved(calls, rounds=3, min_run_time=0.001)
+        assert set(measured) == {"a", "b"}
+        assert all(len(rounds.times) == 3 and min(rounds.times) > 0 for rounds in measured.values())
+
+
+class TestColumns:
+    @pytest.mark.parametrize(
+        ("shape", "folds"),
+        [
+            pytest.param((2, 3, 4, 5, 6), Folds("b t c h w -> (b t) c h w"), id="batch-major"),
+            pytest.param((3, 2, 4, 5, 6), Folds("t b c h w -> (t b) c h w", time_major=True), id="time-major"),
+        ],
+    )
+    def test_every_column_computes_the_same(self, shape: tuple[int, ...], folds: Folds) -> None:
+        conv = nn.Conv2d(4, 2, 3, padding=1).double()
+        x = torch.randn(*shape, dtype=torch.float64)
+        folded = einops.rearrange(x, "a b ... -> (a b) ...")
+        expected = einops.rearrange(conv(folded), "(a b) ... -> a b ...", a=shape[0])
+        for name, column in torch_columns(conv, folds).items():
+            torch.testing.assert_close(column(x), expected, rtol=1e-12, atol=1e-12, msg=name)
+
+
+class TestCompiled:
+    def test_the_classic_recipe_clones_a_strided_input_and_distribute_does_not(self) -> None:
+        conv = nn.Conv2d(3, 4, 3)
+        x = torch.randn(2, 3, 3, 8, 16)[..., ::2]
+        with torch.no_grad():
+            classic = functional_graph_ops(ClassicRecipe(conv), x)
+            hand = functional_graph_ops(lambda t: conv(t.flatten(0, 1)).unflatten(0, t.shape[:2]), x)
+            wrapped = functional_graph_ops(foldaxes.Distribute("b t c h w -> (b t) c h w", conv), x)
+        assert "aten.clone.default" in classic
+        assert "aten.clone.default" not in hand
+        assert wrapped == hand
+
+    def test_compile_count_counts_recompiles(self) -> None:
+        wrapped = foldaxes.distribute("b t c -> (b t) c", lambda t: t * 2)
+        float32, float64 = torch.randn(2, 3, 4), torch.randn(2, 3, 4, dtype=torch.float64)
+        compile_count(wrapped, [float32])  # a process's first dynamic=True compile may build its graph twice
+        once = compile_count(wrapped, [float32, float32])
+        with_a_new_dtype = compile_count(wrapped, [float32, float32, float64])
+        assert with_a_new_dtype == once + 1
+
+
+class TestEndToEnd:
+    def test_a_small_run_prints_targets_and_summary(self, capsys: pytest.CaptureFixture[str]) -> None:
+        argv = ["--only", "A-Linear,B,H", "--scale", "8", "--rounds", "1", "--seconds", "0.001", "--no-write"]
+        assert benchmarks_main.main([*argv, "--no-keras"]) == 0
+        printed = capsys.readouterr().out
+        assert "| A-Linear: Distribute <= 1.05x thinnest module |" in printed
+        assert "| B: Distribute copies 0 bytes | PASS |" in printed
+        assert "| column | A-Linear | B |" in printed
+
+    @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
+    def test_gpu_check_says_it_has_nothing_to_check_without_cuda(self, capsys: pytest.CaptureFixture[str]) -> None:
+        assert gpu_check.main([]) == 0
+        assert "no CUDA device" in capsys.readouterr().out
+
+
+@pytest.mark.cuda
+@cuda
+class TestCuda:
+    def test_folds_allocate_nothing(self) -> None:
+        assert gpu_check.check_zero_copy() == 0
+
+    def test_cuda_graph_replays_a_wrapped_conv(self) -> None:
+        assert gpu_check.check_cuda_graph() < 1e-5
+
+    def test_compiled_wrapped_conv_matches_eager(self) -> None:
+        assert gpu_check.check_compile() < 1e-4
+
+    def test_timing_table_has_a_row_per_workload_and_dtype(self) -> None:
+        assert len(gpu_check.timing_table(repeats=5)) == 2 + 2 * len(gpu_check.WORKLOADS)
