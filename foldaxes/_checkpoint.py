@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["CHILD", "hide_child_prefix"]
+__all__ = ["CHILD", "fqn_modifiers", "hide_child_prefix"]
 
 CHILD = "module"
 """The attribute under which a wrapper holds the wrapped module."""
@@ -22,6 +22,22 @@ def hide_child_prefix(wrapper: nn.Module) -> None:
     wrapper.register_state_dict_post_hook(_drop_prefix_on_save)  # type: ignore[no-untyped-call]
     wrapper.register_load_state_dict_pre_hook(_add_prefix_on_load)  # type: ignore[no-untyped-call]
     wrapper.register_load_state_dict_post_hook(_drop_prefix_in_report)  # type: ignore[no-untyped-call]
+
+
+def fqn_modifiers(wrapper: nn.Module) -> dict[str, str]:
+    """The names that ``state_dict()`` writes without the ``CHILD.`` in front, each mapped to ``CHILD``.
+
+    ``torch.distributed.checkpoint.state_dict`` (``get_model_state_dict`` and friends, used with FSDP2) walks
+    each state-dict key as an attribute path; it asks a module's ``_fqn_modifiers()`` which names sit under a
+    child that the keys leave out. That method name is a torch convention without a public counterpart, and
+    this function is foldaxes' only use of it.
+    """
+    wrapped = wrapper._modules.get(CHILD)
+    if wrapped is None:
+        return {}
+    own = {*wrapper._parameters, *wrapper._buffers, *(name for name in wrapper._modules if name != CHILD)}
+    names = (*wrapped._parameters, *wrapped._buffers, *wrapped._modules)
+    return {name: CHILD for name in names if name not in own}
 
 
 def _drop_prefix_on_save(wrapper: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar, overload
 import torch
 
 from ._cache import bounded_cache
+from ._chunks import Execution
 from ._errors import FoldError, format_message
 from ._folding import Folding, check_callable
 from ._pattern import ELLIPSIS
@@ -30,6 +31,12 @@ class FoldSpec:
         axes: The names in the folded group, ``"..."`` standing for the axes of an ellipsis.
         sizes: The size of each folded axis, in order (the ellipsis expanded).
         lengths: The axis lengths given as keywords, as sorted ``(name, length)`` pairs.
+
+    Examples:
+        >>> import torch, foldaxes
+        >>> _, spec = foldaxes.fold(torch.randn(2, 8, 3), "b t c -> (b t) c")
+        >>> spec.dim, spec.axes, spec.sizes
+        (0, ('b', 't'), (2, 8))
     """
 
     pattern: str
@@ -79,7 +86,7 @@ def fold(
     Raises:
         FoldError: the pattern is malformed or ``x`` does not fit it.
 
-    Example:
+    Examples:
         >>> import torch, foldaxes
         >>> x = torch.randn(2, 8, 3, 32, 32)
         >>> folded, spec = foldaxes.fold(x, "b t c h w -> (b t) c h w")
@@ -122,7 +129,7 @@ def unfold(y: Any, spec: FoldSpec, out: OutSpec = None) -> Any:
     Raises:
         FoldError: a tensor's folded dim does not have the folded size.
 
-    Example:
+    Examples:
         >>> import torch, foldaxes
         >>> folded, spec = foldaxes.fold(torch.randn(4, 5, 10), "t b d -> (t b) d")
         >>> foldaxes.unfold((folded, {"sum": folded.sum(-1)}), spec)[1]["sum"].shape
@@ -144,6 +151,10 @@ def distribute(
     *,
     out: OutSpec = None,
     fold_kwargs: Mapping[str, str] | None = None,
+    chunk_size: int | None = None,
+    checkpoint: bool = False,
+    fill_value: float = 0.0,
+    allow_batch_statistics: bool = False,
     **axes_lengths: int,
 ) -> Callable[[F], F]: ...
 @overload
@@ -154,6 +165,10 @@ def distribute(
     *,
     out: OutSpec = None,
     fold_kwargs: Mapping[str, str] | None = None,
+    chunk_size: int | None = None,
+    checkpoint: bool = False,
+    fill_value: float = 0.0,
+    allow_batch_statistics: bool = False,
     **axes_lengths: int,
 ) -> F: ...
 def distribute(
@@ -163,6 +178,10 @@ def distribute(
     *,
     out: OutSpec = None,
     fold_kwargs: Mapping[str, str] | None = None,
+    chunk_size: int | None = None,
+    checkpoint: bool = False,
+    fill_value: float = 0.0,
+    allow_batch_statistics: bool = False,
     **axes_lengths: int,
 ) -> Any:
     """Wraps a plain function so that its tensor arguments are folded and its results unfolded.
@@ -174,7 +193,13 @@ def distribute(
         fn: The function to wrap; leave it out to get a decorator.
         out: As for ``Distribute``.
         fold_kwargs: As for ``Distribute``.
+        chunk_size: As for ``Distribute``.
+        checkpoint: As for ``Distribute``.
+        fill_value: As for ``Distribute``.
+        allow_batch_statistics: As for ``Distribute``.
         **axes_lengths: As for ``Distribute``.
+
+    The wrapped function takes ``fold_mask`` and ``fold_lengths`` as ``Distribute`` does.
 
     Returns:
         The wrapped function, or a decorator when ``fn`` is not given.
@@ -182,15 +207,21 @@ def distribute(
     Raises:
         FoldError: the pattern is malformed (at decoration time).
 
-    Example:
+    Examples:
         >>> import torch, foldaxes
         >>> @foldaxes.distribute("b t c h w -> (b t) c h w")
         ... def pool(frames):
         ...     return torch.nn.functional.avg_pool2d(frames, 2)
         >>> pool(torch.randn(2, 3, 4, 8, 8)).shape
         torch.Size([2, 3, 4, 4, 4])
+        >>> @foldaxes.distribute("b t d -> (b t) d", chunk_size=2)
+        ... def norm(x):
+        ...     return x / x.norm(dim=-1, keepdim=True)
+        >>> norm(torch.randn(2, 3, 4), fold_mask=torch.tensor([[True, True, False], [True, False, False]]))[0, 2]
+        tensor([0., 0., 0., 0.])
     """
-    folding = Folding(pattern, out=out, fold_kwargs=fold_kwargs, lengths=axes_lengths)
+    execution = Execution.checked(pattern, chunk_size, checkpoint, fill_value, allow_batch_statistics)
+    folding = Folding(pattern, out=out, fold_kwargs=fold_kwargs, lengths=axes_lengths, execution=execution)
     check_callable(fn, pattern)
 
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:

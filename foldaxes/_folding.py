@@ -12,12 +12,19 @@ from typing import Any
 
 import torch
 
+from ._chunks import MASK, SAMPLE_LENGTHS, Execution, Rows, check_batch_statistics, run_rows, valid_rows
 from ._errors import FoldError, format_message
+from ._expanded import call_repeated, find_repeats, has_zero_stride
+from ._guards import per_copy_randomness
 from ._pattern import ELLIPSIS, parse_pattern, parse_rule
 from ._plan import Rule, SizeMismatch, product
+from ._ragged import JaggedInput, call_jagged
 from ._unfold import OutputRules, OutSpec
 
 __all__ = ["Folding"]
+
+Operand = tuple[int | str, str, Rule, torch.Tensor]
+"""A tensor argument: its position or keyword, its label in messages, its rule, and the tensor."""
 
 
 class Folding:
@@ -28,6 +35,9 @@ class Folding:
         out: Overrides the default unfold; see ``Distribute``.
         fold_kwargs: Keyword arguments to fold too, each with its own single-operand pattern.
         lengths: Axis lengths given as keywords.
+        execution: How to run the module over the rows (chunks, checkpointing, fill value); the default runs it
+            once on every row.
+        sample_axis: The axis of a two-axis folded group that per-sample lengths (``fold_lengths``) index.
 
     Raises:
         FoldError: any part is malformed.
@@ -40,6 +50,8 @@ class Folding:
         out: OutSpec = None,
         fold_kwargs: Mapping[str, str] | None = None,
         lengths: Mapping[str, int] | None = None,
+        execution: Execution | None = None,
+        sample_axis: int = 0,
     ) -> None:
         if not isinstance(pattern, str):
             raise FoldError(f"A pattern must be a string such as 'b t c -> (b t) c', not {type(pattern).__name__}.")
@@ -57,31 +69,180 @@ class Folding:
         self._check_group_orders()
         self._compared = tuple(self._sizes_to_compare(rule) for rule in self.rules)
         self._compared_kwargs = {name: self._sizes_to_compare(rule) for name, rule in self.kwarg_rules.items()}
+        self.execution = execution or Execution()
+        self.sample_axis = sample_axis
+        self.axes_text = "(" + " ".join("..." if a == ELLIPSIS else a for a in self.group_axes or ()) + ")"
+        self._check_execution(out)
         self._flatten_spans: dict[int, tuple[int, int] | None] = {}
-        self._fast = self.single and out is None
+        self._fast = self.single and out is None and self.execution.plain
+        self._repeatable = out is None and bool(self.group_axes)
 
     def __call__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Folds ``args`` and ``kwargs``, calls ``fn`` once, and unfolds its result."""
+        """Folds ``args`` and ``kwargs``, calls ``fn`` (once, unless chunked), and unfolds its result."""
         if len(args) == 1 and not kwargs:
             x = args[0]
             if isinstance(x, torch.Tensor):
                 spans, ndim = self._flatten_spans, x.ndim
-                if ndim not in spans:
-                    spans[ndim] = self.rules[0].plan(x, "argument 0").flatten_only if self._fast else None
-                span = spans[ndim]
-                if span is not None:
+                span = spans[ndim] if ndim in spans else self._flatten_span(x)
+                # An input repeated along a folded axis (stride 0) takes the general path, which runs the module
+                # on one copy; is_contiguous() rules that out at the least cost.
+                if span is not None and (x.is_contiguous() or not has_zero_stride(x, span)):
                     start, end = span
                     try:
                         sizes, folded = x.shape[start : end + 1], x.flatten(start, end)
-                    except RuntimeError:  # a nested or sparse tensor: the general path says what is wrong
+                    except RuntimeError:  # a nested tensor: the general path folds a jagged one or says what is wrong
                         pass
                     else:
                         y = fn(folded)
                         if isinstance(y, torch.Tensor) and y.ndim > start and y.shape[start] == product(sizes):
                             return torch.unflatten(y, start, sizes)
                         return self.outputs.unfold(y, start, sizes)
-        folded_args, folded_kwargs, dim, group_sizes = self.fold_arguments(args, kwargs)
-        return self.outputs.unfold(fn(*folded_args, **folded_kwargs), dim, group_sizes)
+        return self._general(fn, args, kwargs)
+
+    def _flatten_span(self, x: torch.Tensor) -> tuple[int, int] | None:
+        """The fast path's one ``flatten``, cached per rank; ``None`` sends every call to the general path."""
+        if x.is_nested or x.layout != torch.strided:
+            return None  # not cached: a dense tensor of this rank may still take the fast path
+        span = self.rules[0].plan(x, "argument 0").flatten_only if self._fast else None
+        if not torch.compiler.is_compiling():  # a cache write while dynamo traces is a side effect of the graph
+            self._flatten_spans[x.ndim] = span
+        return span
+
+    def _general(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        mask = lengths = None
+        if MASK in kwargs or SAMPLE_LENGTHS in kwargs:
+            kwargs = dict(kwargs)
+            mask, lengths = kwargs.pop(MASK, None), kwargs.pop(SAMPLE_LENGTHS, None)
+        masked = mask is not None or lengths is not None
+        if self._repeatable and not masked:
+            repeats = find_repeats(self, args, kwargs)
+            if repeats is not None and per_copy_randomness(fn) is None:
+                return call_repeated(self, fn, args, kwargs, repeats)
+        try:
+            folded_args, folded_kwargs, dim, group_sizes = self.fold_arguments(args, kwargs)
+        except JaggedInput:
+            return call_jagged(self, fn, args, kwargs, masked)
+        if self.execution.plain and not masked:
+            return self.outputs.unfold(fn(*folded_args, **folded_kwargs), dim, group_sizes)
+        result = self.run(fn, args, kwargs, (folded_args, folded_kwargs, dim, group_sizes), mask, lengths)
+        return self.outputs.unfold(result, dim, group_sizes)
+
+    def run(
+        self,
+        fn: Callable[..., Any],
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        folded: tuple[list[Any], dict[str, Any], int | None, Sequence[int]],
+        mask: Any = None,
+        lengths: Any = None,
+    ) -> Any:
+        """Calls ``fn`` on folded arguments as ``execution`` says: in chunks, checkpointed, or on the valid rows.
+
+        ``args`` and ``kwargs`` are the arguments before folding, ``folded`` what ``fold_arguments`` made of them.
+        Returns the module's output in the folded layout, with every row of the folded batch.
+
+        Raises:
+            FoldError: the mask or lengths do not fit, the module computes batch statistics, or its outputs
+                cannot be put together.
+        """
+        folded_args, folded_kwargs, dim, group_sizes = folded
+        masked = mask is not None or lengths is not None
+        if self.execution.plain and not masked:
+            return fn(*folded_args, **folded_kwargs)
+        valid = None
+        if masked:
+            self._check_maskable()
+            valid = valid_rows(mask, lengths, group_sizes, self.axes_text, self.sample_axis, self.pattern)
+        why = self.why_partial(masked)
+        if why is not None:
+            check_batch_statistics(fn, self.execution, why, self.pattern)
+        if dim is None:  # nothing is folded: only checkpointing applies
+            return run_rows(fn, folded_args, folded_kwargs, Rows((), 1, 0), self.execution, self.pattern)
+        rows = Rows(self.row_slots(self.operands(args, kwargs)), product(group_sizes), dim)
+        return run_rows(fn, folded_args, folded_kwargs, rows, self.execution, self.pattern, valid)
+
+    def operands(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Operand]:
+        """Every tensor argument that the pattern folds, positional ones first.
+
+        Raises:
+            FoldError: the number of tensor arguments does not fit the pattern, or a keyword named in
+                ``fold_kwargs`` is not a tensor.
+        """
+        positions = [i for i, arg in enumerate(args) if isinstance(arg, torch.Tensor)]
+        if not positions or (not self.single and len(positions) != len(self.rules)):
+            raise self._count_error(args, positions)
+        found: list[Operand] = [
+            (position, f"argument {position}", self.rules[0 if self.single else operand], args[position])
+            for operand, position in enumerate(positions)
+        ]
+        for name, rule in self.kwarg_rules.items():
+            value = kwargs.get(name)
+            if value is not None:
+                if not isinstance(value, torch.Tensor):
+                    raise _kwarg_type_error(name, value, rule)
+                found.append((name, f"keyword argument '{name}'", rule, value))
+        return found
+
+    def row_slots(self, operands: Sequence[Operand]) -> tuple[tuple[int | str, int], ...]:
+        """``(key, dim)`` of each operand that carries the folded rows, and the dim they are at once folded.
+
+        Raises:
+            FoldError: an operand folds other axes, so its rows cannot be split like the others'.
+        """
+        slots = []
+        for key, label, rule, x in operands:
+            axes = rule.operand.group_axes
+            if axes == self.group_axes:
+                group_dim = rule.plan(x, label).group_dim
+                assert group_dim is not None
+                slots.append((key, group_dim))
+            elif axes:
+                raise FoldError(
+                    format_message(
+                        f"{label} folds other axes than the folded group {self.axes_text}, so its rows cannot be "
+                        "chunked or masked like the others'.",
+                        pattern=rule.pattern,
+                        span=rule.operand.span("rhs", axes[0]),
+                        hint="Fold the same axes in every operand, or run without chunk_size and fold_mask.",
+                    )
+                )
+        return tuple(slots)
+
+    def why_partial(self, masked: bool) -> str | None:
+        """Why a call may show the module only part of the folded batch, or ``None`` when it will not."""
+        if masked:
+            return f"{MASK} / {SAMPLE_LENGTHS} runs it on the valid rows only"
+        if self.execution.chunk_size is not None:
+            return f"chunk_size={self.execution.chunk_size} runs it on that many rows at a time"
+        if self.execution.checkpoint and torch.is_grad_enabled():
+            return "checkpoint=True runs it a second time during the backward pass"
+        return None
+
+    def _check_maskable(self) -> None:
+        if not self.group_axes or self.outputs.out is not None:
+            what = "with out=" if self.group_axes else "when the pattern folds no axes"
+            raise FoldError(
+                format_message(
+                    f"{MASK} and {SAMPLE_LENGTHS} cannot be used {what}: the valid rows are gathered from the "
+                    "folded group and scattered back at the folded dim of each output.",
+                    pattern=self.pattern,
+                    hint="Use the default unfold (no out=) and rearrange the result afterwards.",
+                )
+            )
+
+    def _check_execution(self, out: OutSpec) -> None:
+        if self.execution.chunk_size is None:
+            return
+        if not self.group_axes or out is not None:
+            what = "with out=" if self.group_axes else "when the pattern folds no axes"
+            raise FoldError(
+                format_message(
+                    f"chunk_size cannot be used {what}: the outputs of the chunks are put together at the folded "
+                    "dim of each output.",
+                    pattern=self.pattern,
+                    hint="Use the default unfold (no out=) and rearrange the result afterwards.",
+                )
+            )
 
     def fold_arguments(
         self, args: Sequence[Any], kwargs: dict[str, Any]
@@ -111,14 +272,7 @@ class Folding:
             if value is None:
                 continue
             if not isinstance(value, torch.Tensor):
-                raise FoldError(
-                    format_message(
-                        f"Keyword argument '{name}' is listed in fold_kwargs but is of type {type(value).__name__}, "
-                        "not a tensor.",
-                        pattern=rule.pattern,
-                        hint="Pass a tensor, or None to leave it out.",
-                    )
-                )
+                raise _kwarg_type_error(name, value, rule)
             folded_kwargs[name], _, _ = self._fold_one(
                 rule, self._compared_kwargs[name], value, f"keyword argument '{name}'", seen
             )
@@ -132,13 +286,18 @@ class Folding:
         label: str,
         seen: dict[str, tuple[object, str, torch.Size]],
     ) -> tuple[torch.Tensor, Sequence[int], int | None]:
-        if x.is_nested or x.layout != torch.strided:
-            kind = "nested" if x.is_nested else str(x.layout).replace("torch.", "")
-            raise FoldError(
+        nested, layout = x.is_nested, x.layout  # each a costly lookup on a nested tensor: read once
+        if nested or layout != torch.strided:
+            kind = "nested" if nested else str(layout).replace("torch.", "")
+            jagged = nested and layout == torch.jagged
+            error = JaggedInput if jagged else FoldError
+            raise error(
                 format_message(
-                    f"{label} is a {kind} tensor; foldaxes folds strided (dense) tensors only.",
+                    f"{label} is a {kind} tensor; foldaxes folds strided (dense) tensors only"
+                    + (", and Distribute also jagged nested tensors." if jagged else "."),
                     pattern=rule.pattern,
-                    hint="Convert it first, for example with x.to_dense() or x.to_padded_tensor(0).",
+                    hint="Convert it first, for example with x.to_dense() or x.to_padded_tensor(0)"
+                    + ("; or build it with layout=torch.jagged, which Distribute accepts." if nested else "."),
                 )
             )
         plan = rule.plan(x, label)
@@ -281,6 +440,16 @@ def _checked_lengths(pattern: str, lengths: Mapping[str, Any]) -> dict[str, int]
             )
         checked[name] = value
     return checked
+
+
+def _kwarg_type_error(name: str, value: object, rule: Rule) -> FoldError:
+    return FoldError(
+        format_message(
+            f"Keyword argument '{name}' is listed in fold_kwargs but is of type {type(value).__name__}, not a tensor.",
+            pattern=rule.pattern,
+            hint="Pass a tensor, or None to leave it out.",
+        )
+    )
 
 
 def _kwarg_rules(pattern: str, fold_kwargs: Mapping[str, str] | None, known: frozenset[str]) -> dict[str, Rule]:

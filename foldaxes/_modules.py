@@ -7,7 +7,8 @@ from typing import Any
 
 from torch import nn
 
-from ._checkpoint import CHILD, hide_child_prefix
+from ._checkpoint import CHILD, fqn_modifiers, hide_child_prefix
+from ._chunks import Execution
 from ._errors import FoldError, format_message
 from ._folding import Folding, check_callable
 from ._unfold import OutSpec
@@ -40,14 +41,33 @@ class Distribute(nn.Module):
             a structure matching the module's output with a pattern or ``None`` (returned as is) at each leaf.
         fold_kwargs: Keyword arguments to fold too, each with its own pattern, for example
             ``{"key_padding_mask": "b t s -> (b t) s"}``. Other keyword arguments pass through untouched.
+        chunk_size: Run the module on at most this many rows of the folded batch per call, and put the outputs
+            together (one copy of them): bounds the activation memory of inference. Needs the default unfold.
+        checkpoint: Checkpoint each call (``torch.utils.checkpoint``, non-reentrant) when gradients are enabled,
+            so that with ``chunk_size`` training keeps only one chunk's activations at a time.
+        fill_value: The value of the padded rows in the outputs of a call with ``fold_mask`` or ``fold_lengths``.
+        allow_batch_statistics: Let a BatchNorm that normalises with batch statistics run on part of the folded
+            batch (in chunks, on the valid rows, or twice under checkpointing); without it that raises.
         **axes_lengths: Lengths of axes that cannot be read off the shapes, as in einops. ``pattern`` and
-            ``module`` are positional-only, so any axis name (``out`` and ``fold_kwargs`` aside) can be given.
+            ``module`` are positional-only, so any axis name (the keywords above aside) can be given.
+
+    At call time the wrapper consumes two keywords, which never reach the module: ``fold_mask``, a bool tensor
+    with the folded group's sizes in group order (``(B, T)`` for ``(b t)``), marks the valid rows; or
+    ``fold_lengths``, for a group of two axes, gives one length per index of its first axis (a 1-D integer tensor
+    or a sequence of ints; the rows ``t < lengths[b]`` are valid). Only the valid rows reach the module, and the
+    other rows of every output hold ``fill_value``.
+
+    A jagged nested tensor (``layout=torch.jagged``) whose ragged dim is folded with the batch dim
+    (``"b j ... -> (b j) ..."``) is folded to its packed frames, with no padding and no copy, and every output
+    comes back jagged with the same offsets. An input that repeats along a folded axis (stride 0, as made by
+    ``expand``) runs the module on one copy, and the outputs are expanded views, unless the module has Dropout
+    or batch statistics in use. See ``docs/ragged.md``.
 
     Raises:
-        FoldError: the pattern, ``out`` or ``fold_kwargs`` is malformed (when built), or a call's tensors do not
-            fit the pattern, or an output cannot be unfolded (when called).
+        FoldError: the pattern, ``out``, ``fold_kwargs`` or an execution keyword is malformed (when built), or a
+            call's tensors or mask do not fit the pattern, or an output cannot be unfolded (when called).
 
-    Example:
+    Examples:
         >>> import torch, foldaxes
         >>> conv = foldaxes.Distribute("b t c h w -> (b t) c h w", torch.nn.Conv2d(3, 16, 3))
         >>> conv(torch.randn(2, 8, 3, 32, 32)).shape
@@ -55,6 +75,16 @@ class Distribute(nn.Module):
         >>> views = foldaxes.Distribute("b (t v) d -> (b t v) d", torch.nn.Linear(4, 5), v=2)
         >>> views(torch.randn(2, 6, 4)).shape
         torch.Size([2, 3, 2, 5])
+
+        Padded clips, with only the real frames computed, and a long clip in chunks of 16 frames:
+
+        >>> linear = foldaxes.Distribute("b t d -> (b t) d", torch.nn.Linear(4, 5), fill_value=0.0)
+        >>> y = linear(torch.randn(2, 3, 4), fold_lengths=[3, 1])
+        >>> y.shape, bool((y[1, 1:] == 0).all())
+        (torch.Size([2, 3, 5]), True)
+        >>> conv = foldaxes.Distribute("b t c h w -> (b t) c h w", torch.nn.Conv2d(3, 8, 3), chunk_size=16)
+        >>> conv(torch.randn(1, 40, 3, 8, 8)).shape
+        torch.Size([1, 40, 8, 6, 6])
     """
 
     def __init__(
@@ -65,14 +95,20 @@ class Distribute(nn.Module):
         *,
         out: OutSpec = None,
         fold_kwargs: Mapping[str, str] | None = None,
+        chunk_size: int | None = None,
+        checkpoint: bool = False,
+        fill_value: float = 0.0,
+        allow_batch_statistics: bool = False,
         **axes_lengths: int,
     ) -> None:
         super().__init__()
-        self._folding = Folding(pattern, out=out, fold_kwargs=fold_kwargs, lengths=axes_lengths)
+        execution = Execution.checked(pattern, chunk_size, checkpoint, fill_value, allow_batch_statistics)
+        self._folding = Folding(pattern, out=out, fold_kwargs=fold_kwargs, lengths=axes_lengths, execution=execution)
         check_callable(module, pattern)
         self._out = out
         self._fold_kwargs = fold_kwargs
         self._lengths = axes_lengths
+        self._execution = execution
         self.module = module
         hide_child_prefix(self)
 
@@ -100,13 +136,34 @@ class Distribute(nn.Module):
                     hint="Write Distribute(pattern, module), or Distribute(pattern)(module).",
                 )
             )
-        return Distribute(self.pattern, args[0], out=self._out, fold_kwargs=self._fold_kwargs, **self._lengths)
+        execution = self._execution
+        return Distribute(
+            self.pattern,
+            args[0],
+            out=self._out,
+            fold_kwargs=self._fold_kwargs,
+            chunk_size=execution.chunk_size,
+            checkpoint=execution.checkpoint,
+            fill_value=execution.fill_value,
+            allow_batch_statistics=execution.allow_batch_statistics,
+            **self._lengths,
+        )
+
+    def _fqn_modifiers(self) -> dict[str, str]:
+        """For ``torch.distributed.checkpoint.state_dict``: the keys that leave out ``module.``."""
+        return fqn_modifiers(self)
 
     def extra_repr(self) -> str:
         parts = [repr(self.pattern)]
         parts += [f"{key}={value!r}" for key, value in self._lengths.items()]
         parts += [
             f"{key}={value!r}" for key, value in [("out", self._out), ("fold_kwargs", self._fold_kwargs)] if value
+        ]
+        defaults = Execution()
+        parts += [
+            f"{key}={getattr(self._execution, key)!r}"
+            for key in ("chunk_size", "checkpoint", "fill_value", "allow_batch_statistics")
+            if getattr(self._execution, key) != getattr(defaults, key)
         ]
         if self.module is not None and not isinstance(self.module, nn.Module):
             parts.append(f"fn={self.module!r}")
@@ -129,13 +186,25 @@ class TimeDistributed(Distribute):
         batch_first: Whether inputs are ``(batch, time, ...)`` rather than ``(time, batch, ...)``.
         out: As for ``Distribute``.
         fold_kwargs: As for ``Distribute``.
+        chunk_size: As for ``Distribute``.
+        checkpoint: As for ``Distribute``.
+        fill_value: As for ``Distribute``.
+        allow_batch_statistics: As for ``Distribute``.
 
-    Example:
+    Calls take ``fold_mask`` and ``fold_lengths`` as ``Distribute`` does. ``fold_mask`` has the input's first two
+    sizes, ``(B, T)`` or ``(T, B)``; ``fold_lengths`` has one length per sample (batch element) in either order,
+    as ``pack_padded_sequence`` takes them. A jagged nested tensor ``(B, j, ...)`` is accepted in either order.
+
+    Examples:
         >>> import torch, foldaxes
         >>> foldaxes.TimeDistributed(torch.nn.Linear(10, 5))(torch.randn(5, 3, 10)).shape
         torch.Size([5, 3, 5])
         >>> foldaxes.TimeDistributed(torch.nn.Conv2d(3, 16, 3), True)(torch.randn(2, 3, 3, 16, 16)).shape
         torch.Size([2, 3, 16, 14, 14])
+        >>> steps = foldaxes.TimeDistributed(torch.nn.Linear(10, 5), chunk_size=4)
+        >>> y = steps(torch.randn(5, 3, 10), fold_lengths=[5, 2, 0])  # time-major: (T, B, ...)
+        >>> y.shape, bool((y[2:, 1] == 0).all()), bool((y[:, 2] == 0).all())
+        (torch.Size([5, 3, 5]), True, True)
     """
 
     def __init__(
@@ -145,6 +214,10 @@ class TimeDistributed(Distribute):
         *,
         out: OutSpec = None,
         fold_kwargs: Mapping[str, str] | None = None,
+        chunk_size: int | None = None,
+        checkpoint: bool = False,
+        fill_value: float = 0.0,
+        allow_batch_statistics: bool = False,
     ) -> None:
         pattern = "b t ... -> (b t) ..." if batch_first else "t b ... -> (t b) ..."
         if batch_first not in (True, False):
@@ -163,5 +236,16 @@ class TimeDistributed(Distribute):
                     hint="Write TimeDistributed(module, batch_first).",
                 )
             )
-        super().__init__(pattern, module, out=out, fold_kwargs=fold_kwargs)
+        super().__init__(
+            pattern,
+            module,
+            out=out,
+            fold_kwargs=fold_kwargs,
+            chunk_size=chunk_size,
+            checkpoint=checkpoint,
+            fill_value=fill_value,
+            allow_batch_statistics=allow_batch_statistics,
+        )
         self.batch_first = bool(batch_first)
+        # fold_lengths has one length per sample: the folded group's second axis when it is (t b).
+        self._folding.sample_axis = 0 if batch_first else 1

@@ -133,9 +133,12 @@ class Rule:
         plan = self._plans.get(ndim)
         if plan is None:
             plan = self._build(ndim, label if isinstance(label, str) else label(), tuple(x.shape))
-            if len(self._plans) >= _MAX_PLANS:
-                self._plans.clear()
-            self._plans[ndim] = plan
+            # Under dynamo a write here is a side effect of the traced program: strict export warns about it
+            # and compile adds a recompile. Tracing rebuilds the plan instead; eager calls fill the cache.
+            if not torch.compiler.is_compiling():
+                if len(self._plans) >= _MAX_PLANS:
+                    self._plans.clear()
+                self._plans[ndim] = plan
         return plan
 
     def _build(self, ndim: int, label: str, shape: tuple[int, ...]) -> Plan:

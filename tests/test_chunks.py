@@ -1,0 +1,396 @@
+"""chunk_size and checkpoint: the module runs on a slice of the folded rows at a time, and the result is the
+result of one call; the BatchNorm guard refuses what would change meaning. Memory is measured with the CPU
+profiler's allocation and free events, never with timings.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from conftest import assert_exact, loop_reference
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+import foldaxes
+from foldaxes import Distribute, FoldError, TimeDistributed
+
+
+def message(fn: Callable[[], Any]) -> str:
+    with pytest.raises(FoldError) as info:
+        fn()
+    return str(info.value)
+
+
+def peak_memory(fn: Callable[[], Any]) -> tuple[Any, int]:
+    """Runs ``fn`` under the CPU profiler; returns its result and the peak of the bytes it held at once.
+
+    Allocations and frees are summed in time order; what ``fn`` returns is still allocated at the end.
+    """
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    events = sorted(
+        (event.time_range.start, event.self_cpu_memory_usage)
+        for event in prof.events()
+        if event.self_cpu_memory_usage != 0
+    )
+    held = peak = 0
+    for _, change in events:
+        held += change
+        peak = max(peak, held)
+    return result, peak
+
+
+class Recorder(nn.Module):
+    """Calls ``module`` and records the first argument's shape and storage on each call."""
+
+    def __init__(self, module: Callable[..., Any]) -> None:
+        super().__init__()
+        self.module = module
+        self.shapes: list[tuple[int, ...]] = []
+        self.pointers: list[int] = []
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        self.shapes.append(tuple(args[0].shape))
+        self.pointers.append(args[0].untyped_storage().data_ptr())
+        return self.module(*args, **kwargs)
+
+
+def frame_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 3, stride=2))
+
+
+@pytest.mark.usefixtures("float64")
+class TestChunksMatchOneCall:
+    @pytest.mark.parametrize("chunk_size", [1, 4, 5, 6, 7, 100], ids=lambda n: f"chunk-{n}")
+    def test_conv_net_matches_the_loop(self, chunk_size: int) -> None:
+        net = frame_net()
+        x = torch.randn(2, 3, 3, 6, 6)
+        y = Distribute("b t c h w -> (b t) c h w", net, chunk_size=chunk_size)(x)
+        assert_exact(y, loop_reference(net, [x], [0, 1]))
+
+    def test_module_sees_each_chunk_once(self) -> None:
+        recorder = Recorder(nn.Linear(4, 2))
+        Distribute("b t d -> (b t) d", recorder, chunk_size=4)(torch.randn(2, 5, 4))
+        assert recorder.shapes == [(4, 4), (4, 4), (2, 4)]
+
+    def test_chunks_are_views_of_the_input(self) -> None:
+        recorder = Recorder(nn.Linear(4, 2))
+        x = torch.randn(3, 4, 4)
+        Distribute("b t d -> (b t) d", recorder, chunk_size=5)(x)
+        assert recorder.pointers == [x.untyped_storage().data_ptr()] * 3
+
+    def test_one_chunk_is_the_plain_call(self) -> None:
+        recorder = Recorder(nn.Identity())
+        x = torch.randn(2, 3, 4)
+        y = Distribute("b t d -> (b t) d", recorder, chunk_size=6)(x)
+        assert recorder.shapes == [(6, 4)] and y.data_ptr() == x.data_ptr()
+
+    def test_several_operands_keyword_tensors_and_nested_outputs(self) -> None:
+        def fn(a: torch.Tensor, b: torch.Tensor, *, scale: torch.Tensor, label: str) -> Any:
+            return {"sum": a * scale + b.sum(-1, keepdim=True), "pair": (a.tanh(), label)}
+
+        wrapped = Distribute(
+            "b t x, t b y -> (b t) x, (b t) y", fn, chunk_size=4, fold_kwargs={"scale": "b t () -> (b t) ()"}
+        )
+        a, b, scale = torch.randn(2, 3, 4), torch.randn(3, 2, 5), torch.randn(2, 3, 1)
+        y = wrapped(a, b, scale=scale, label="frames")
+        assert y["pair"][1] == "frames"
+        assert_exact(y["sum"], a * scale + b.transpose(0, 1).sum(-1, keepdim=True))
+        assert_exact(y["pair"][0], a.tanh())
+
+    def test_time_major_lstm_output_at_dim_one(self) -> None:
+        lstm = nn.LSTM(4, 3)
+        x = torch.randn(2, 3, 5, 4)  # (b, v, t, d), folded to (t, b v, d): the rows are at dim 1
+        wrapped = Distribute("b v t d -> t (b v) d", lstm, chunk_size=4)
+        out, (h, c) = wrapped(x)
+        expected_out, (expected_h, expected_c) = Distribute("b v t d -> t (b v) d", lstm)(x)
+        assert_exact(out, expected_out)
+        assert_exact(h, expected_h)
+        assert_exact(c, expected_c)
+
+    def test_time_distributed_and_decorator(self) -> None:
+        linear = nn.Linear(4, 2)
+        x = torch.randn(5, 3, 4)
+        assert_exact(TimeDistributed(linear, chunk_size=2)(x), linear(x))
+
+        @foldaxes.distribute("b t d -> (b t) d", chunk_size=3)
+        def double(z: torch.Tensor) -> torch.Tensor:
+            return z * 2
+
+        assert_exact(double(x), x * 2)
+
+    def test_channels_last_output_stays_channels_last(self) -> None:
+        conv = nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+        x = torch.randn(6, 3, 8, 8).contiguous(memory_format=torch.channels_last).unflatten(0, (2, 3))
+        y = Distribute("b t c h w -> (b t) c h w", conv, chunk_size=4)(x)
+        assert y.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+        assert_exact(y, conv(x.flatten(0, 1)).unflatten(0, (2, 3)))
+
+    @given(
+        batch=st.integers(0, 3),
+        time=st.integers(0, 5),
+        chunk_size=st.integers(1, 8),
+        seed=st.integers(0, 2**16),
+    )
+    @settings(max_examples=60, deadline=None, derandomize=True)
+    def test_any_chunking_matches_the_loop(self, batch: int, time: int, chunk_size: int, seed: int) -> None:
+        torch.manual_seed(seed)
+        linear = nn.Linear(3, 2)
+        x = torch.randn(batch, time, 3)
+        y = Distribute("b t d -> (b t) d", linear, chunk_size=chunk_size)(x)
+        if batch * time:
+            assert_exact(y, loop_reference(linear, [x], [0, 1]))
+        assert y.shape == (batch, time, 2)
+
+
+@pytest.mark.usefixtures("float64")
+class TestCheckpoint:
+    @pytest.mark.parametrize("chunk_size", [None, 2], ids=["whole", "chunked"])
+    def test_gradients_match_the_unchecked_call(self, chunk_size: int | None) -> None:
+        net = frame_net()
+        x = torch.randn(2, 3, 3, 6, 6, requires_grad=True)
+        Distribute("b t c h w -> (b t) c h w", net).forward(x).square().sum().backward()
+        expected = [x.grad.clone(), *(p.grad.clone() for p in net.parameters())]
+        x.grad = None
+        net.zero_grad()
+        wrapped = Distribute("b t c h w -> (b t) c h w", net, chunk_size=chunk_size, checkpoint=True)
+        wrapped(x).square().sum().backward()
+        for actual, wanted in zip([x.grad, *(p.grad for p in net.parameters())], expected, strict=True):
+            assert_exact(actual, wanted)
+
+    def test_gradcheck(self) -> None:
+        linear = nn.Linear(3, 2)
+        wrapped = Distribute("b t d -> (b t) d", linear, chunk_size=2, checkpoint=True)
+        assert torch.autograd.gradcheck(wrapped, (torch.randn(2, 3, 3, requires_grad=True),))
+
+    def test_recomputes_in_backward_only_when_training(self) -> None:
+        recorder = Recorder(nn.Linear(3, 2))
+        wrapped = Distribute("b t d -> (b t) d", recorder, chunk_size=3, checkpoint=True)
+        x = torch.randn(2, 3, 3)
+        with torch.no_grad():
+            wrapped(x)
+        assert len(recorder.shapes) == 2
+        wrapped(x).sum().backward()
+        assert len(recorder.shapes) == 2 + 2 + 2  # two chunks forward, two recomputed in backward
+
+    def test_dropout_masks_are_replayed(self) -> None:
+        net = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 2))
+        x = torch.randn(2, 3, 4, requires_grad=True)
+        torch.manual_seed(1)
+        Distribute("b t d -> (b t) d", net, chunk_size=2).forward(x).sum().backward()
+        expected = x.grad.clone()
+        x.grad = None
+        torch.manual_seed(1)
+        Distribute("b t d -> (b t) d", net, chunk_size=2, checkpoint=True)(x).sum().backward()
+        assert_exact(x.grad, expected)
+
+    def test_keywords_reach_the_module(self) -> None:
+        def fn(z: torch.Tensor, *, debug: bool, scale: torch.Tensor) -> torch.Tensor:
+            assert debug is True
+            return z * scale
+
+        wrapped = Distribute("b t d -> (b t) d", fn, chunk_size=2, checkpoint=True)
+        x, scale = torch.randn(2, 3, 4, requires_grad=True), torch.randn(4, requires_grad=True)
+        wrapped(x, debug=True, scale=scale).sum().backward()
+        assert_exact(x.grad, scale.detach().expand(2, 3, 4))
+        assert_exact(scale.grad, x.detach().sum((0, 1)))
+
+    def test_checkpoint_alone_works_with_out(self) -> None:
+        conv = nn.Conv2d(3, 4, 3)
+        wrapped = Distribute("b c t h w -> (b t) c h w", conv, out="(b t) c h w -> b c t h w", checkpoint=True)
+        x = torch.randn(2, 3, 4, 6, 6, requires_grad=True)
+        y = wrapped(x)
+        y.sum().backward()
+        assert y.shape == (2, 4, 4, 4, 4) and x.grad is not None
+
+
+@pytest.mark.usefixtures("float64")  # float32 sums in another order differ by more than assert_close allows
+class TestMemory:
+    def test_chunked_inference_holds_less(self) -> None:
+        net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+        x = torch.randn(2, 8, 3, 32, 32)
+        with torch.no_grad():
+            dense, dense_peak = peak_memory(lambda: Distribute("b t c h w -> (b t) c h w", net)(x))
+            chunked, chunked_peak = peak_memory(lambda: Distribute("b t c h w -> (b t) c h w", net, chunk_size=4)(x))
+        torch.testing.assert_close(chunked, dense)
+        output = dense.numel() * dense.element_size()
+        # Unchunked, two activations of all 16 frames are alive at once; chunked, the output plus two of 4 frames.
+        assert dense_peak >= 2 * output
+        assert chunked_peak <= output + dense_peak // 4 + output // 8
+
+    def test_checkpointed_training_holds_less(self) -> None:
+        layers = [nn.Conv2d(3, 16, 3, padding=1), nn.ReLU()]
+        for _ in range(3):
+            layers += [nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()]
+        net = nn.Sequential(*layers)
+        x = torch.randn(2, 8, 3, 32, 32)
+
+        def step(wrapped: nn.Module) -> torch.Tensor:
+            wrapped(x).sum().backward()
+            return next(net.parameters()).grad.clone()
+
+        dense_grad, dense_peak = peak_memory(lambda: step(Distribute("b t c h w -> (b t) c h w", net)))
+        net.zero_grad()
+        wrapped = Distribute("b t c h w -> (b t) c h w", net, chunk_size=2, checkpoint=True)
+        chunked_grad, chunked_peak = peak_memory(lambda: step(wrapped))
+        torch.testing.assert_close(chunked_grad, dense_grad)
+        # Unchunked, backward needs the activations of all 16 frames (four ReLU outputs the size of the output);
+        # checkpointed, it keeps the output and recomputes two frames at a time.
+        output = x.shape[0] * x.shape[1] * 16 * 32 * 32 * x.element_size()
+        assert dense_peak >= 4 * output
+        assert chunked_peak < dense_peak / 2
+
+
+class TestBatchStatisticsGuard:
+    @pytest.mark.parametrize(
+        "make",
+        [
+            lambda: nn.BatchNorm1d(4),
+            lambda: nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.BatchNorm1d(4))),
+            lambda: nn.SyncBatchNorm(4),
+            lambda: nn.LazyBatchNorm1d(),
+            lambda: nn.BatchNorm1d(4, track_running_stats=False).eval(),
+        ],
+        ids=["batchnorm", "nested", "sync", "lazy", "no-running-stats-in-eval"],
+    )
+    def test_chunking_refuses_batch_statistics(self, make: Callable[[], nn.Module]) -> None:
+        wrapped = Distribute("b t d -> (b t) d", make(), chunk_size=2)
+        text = message(lambda: wrapped(torch.randn(2, 3, 4)))
+        assert "normalises with the statistics of the batch" in text
+        assert "chunk_size=2 runs it on that many rows at a time" in text
+        assert ".eval()" in text and "allow_batch_statistics=True" in text
+
+    def test_names_where_the_batchnorm_is(self) -> None:
+        net = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.ReLU(), nn.BatchNorm1d(4)))
+        assert "BatchNorm1d at '1.1' (training mode)" in message(
+            lambda: Distribute("b t d -> (b t) d", net, chunk_size=2)(torch.randn(2, 3, 4))
+        )
+
+    def test_eval_mode_is_per_row(self) -> None:
+        norm = nn.BatchNorm1d(4)
+        norm.running_mean.normal_()
+        norm.eval()
+        x = torch.randn(2, 3, 4)
+        torch.testing.assert_close(
+            Distribute("b t d -> (b t) d", norm, chunk_size=2)(x), norm(x.flatten(0, 1)).unflatten(0, (2, 3))
+        )
+
+    def test_switching_modes_is_seen_at_call_time(self) -> None:
+        norm = nn.BatchNorm1d(4).eval()
+        wrapped = Distribute("b t d -> (b t) d", norm, chunk_size=2)
+        wrapped(torch.randn(2, 3, 4))
+        wrapped.train()
+        assert "training mode" in message(lambda: wrapped(torch.randn(2, 3, 4)))
+
+    def test_opt_in_computes_statistics_per_chunk(self) -> None:
+        norm = nn.BatchNorm1d(4, affine=False)
+        x = torch.randn(2, 3, 4)
+        y = Distribute("b t d -> (b t) d", norm, chunk_size=3, allow_batch_statistics=True)(x)
+        rows = x.flatten(0, 1)
+        expected = torch.cat([nn.functional.batch_norm(rows[i : i + 3], None, None, training=True) for i in (0, 3)])
+        torch.testing.assert_close(y.flatten(0, 1), expected)
+        assert int(norm.num_batches_tracked) == 2
+
+    def test_checkpoint_refuses_batchnorm_only_with_gradients(self) -> None:
+        wrapped = Distribute("b t d -> (b t) d", nn.BatchNorm1d(4), checkpoint=True)
+        with torch.no_grad():
+            wrapped(torch.randn(2, 3, 4))
+        assert "runs it a second time during the backward pass" in message(lambda: wrapped(torch.randn(2, 3, 4)))
+
+    def test_plain_call_is_not_checked(self) -> None:
+        norm = nn.BatchNorm1d(4)
+        Distribute("b t d -> (b t) d", norm)(torch.randn(2, 3, 4))
+        assert int(norm.num_batches_tracked) == 1
+
+
+class TestChunkErrors:
+    @pytest.mark.parametrize(
+        ("keywords", "expected"),
+        [
+            ({"chunk_size": 0}, "chunk_size must be a positive int"),
+            ({"chunk_size": -3}, "chunk_size must be a positive int"),
+            ({"chunk_size": 2.5}, "chunk_size must be a positive int"),
+            ({"chunk_size": True}, "chunk_size must be a positive int"),
+            ({"checkpoint": None}, "checkpoint must be True or False"),
+            ({"allow_batch_statistics": 2}, "allow_batch_statistics must be True or False"),
+            ({"fill_value": "0"}, "fill_value must be a number"),
+            ({"fill_value": None}, "fill_value must be a number"),
+        ],
+        ids=["zero", "negative", "float", "bool", "checkpoint", "allow", "fill-string", "fill-none"],
+    )
+    def test_bad_keywords(self, keywords: dict[str, Any], expected: str) -> None:
+        assert expected in message(lambda: Distribute("b t d -> (b t) d", nn.Identity(), **keywords))
+        assert expected in message(lambda: foldaxes.distribute("b t d -> (b t) d", **keywords))
+        assert expected in message(lambda: TimeDistributed(nn.Identity(), **keywords))
+
+    @pytest.mark.parametrize(
+        ("pattern", "out", "expected"),
+        [
+            ("b t d -> (b t) d", "(b t) d -> b t d", "chunk_size cannot be used with out="),
+            ("b t d -> t b d", None, "chunk_size cannot be used when the pattern folds no axes"),
+        ],
+        ids=["out", "nothing-folded"],
+    )
+    def test_chunking_needs_the_default_unfold(self, pattern: str, out: str | None, expected: str) -> None:
+        assert expected in message(lambda: Distribute(pattern, nn.Identity(), out=out, chunk_size=2))
+
+    def test_output_without_rows(self) -> None:
+        wrapped = Distribute("b t d -> (b t) d", lambda z: (z, z.mean()), chunk_size=4)
+        text = message(lambda: wrapped(torch.randn(2, 3, 4)))
+        assert "Output [1] cannot be put together" in text and "no such dim at dim 0" in text
+
+    def test_outputs_that_differ_between_chunks(self) -> None:
+        wrapped = Distribute("b t d -> (b t) d", lambda z: z[:, : z.shape[0]], chunk_size=4)
+        text = message(lambda: wrapped(torch.randn(2, 3, 8)))
+        assert "The output cannot be put together" in text and "where (2, 4)" in text
+
+    def test_structures_that_differ_between_chunks(self) -> None:
+        wrapped = Distribute("b t d -> (b t) d", lambda z: (z,) * z.shape[0], chunk_size=4)
+        assert "differently structured outputs for rows 4 to 5" in message(lambda: wrapped(torch.randn(2, 3, 8)))
+
+    def test_operand_that_folds_other_axes(self) -> None:
+        wrapped = Distribute("b t x, b y -> (b t) x, (b) y", lambda a, b: a, chunk_size=2)
+        text = message(lambda: wrapped(torch.randn(2, 3, 4), torch.randn(2, 5)))
+        assert "argument 1 folds other axes than the folded group (b t)" in text
+
+    def test_module_errors_pass_through_unchanged(self) -> None:
+        def broken(z: torch.Tensor) -> torch.Tensor:
+            raise ValueError("the module's own words")
+
+        with pytest.raises(ValueError, match=r"^the module's own words$"):
+            Distribute("b t d -> (b t) d", broken, chunk_size=2, checkpoint=True)(torch.randn(2, 3, 4))
+
+
+class TestCompile:
+    @pytest.mark.parametrize(
+        "keywords", [{"chunk_size": 3}, {"chunk_size": 3, "checkpoint": True}], ids=["chunked", "checkpointed"]
+    )
+    def test_fullgraph(self, keywords: dict[str, Any]) -> None:
+        torch._dynamo.reset()
+        wrapped = Distribute("b t c h w -> (b t) c h w", nn.Conv2d(3, 4, 3), **keywords)
+        x = torch.randn(2, 5, 3, 8, 8, requires_grad=True)
+        compiled = torch.compile(wrapped, fullgraph=True, backend="eager")
+        torch.testing.assert_close(compiled(x), wrapped(x))
+
+
+class TestWrapperPlumbing:
+    def test_repr_factory_and_copies_keep_the_options(self) -> None:
+        factory = Distribute("b t d -> (b t) d", chunk_size=2, checkpoint=True, fill_value=-1.0)
+        wrapped = factory(nn.Linear(4, 2))
+        assert "chunk_size=2, checkpoint=True, fill_value=-1.0" in repr(wrapped)
+        assert "allow_batch_statistics" not in repr(wrapped)
+        recorder = Recorder(nn.Linear(4, 2))
+        for clone in (
+            copy.deepcopy(Distribute("b t d -> (b t) d", recorder, chunk_size=4)),
+            pickle.loads(pickle.dumps(Distribute("b t d -> (b t) d", recorder, chunk_size=4))),
+        ):
+            clone(torch.randn(2, 3, 4))
+            assert clone.module.shapes[-2:] == [(4, 4), (2, 4)]
+        assert bool((wrapped(torch.randn(2, 3, 4), fold_lengths=[1, 0])[1] == -1.0).all())
