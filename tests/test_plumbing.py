@@ -1,19 +1,26 @@
-"""Distribute as a module among modules: checkpoints, pickling, autograd, compile, hooks, threads."""
+"""Distribute as a module among modules: checkpoints, copies, hooks, module methods, composition, autograd, threads
+and bounded caches. Graph capture is in test_compile_export.py, mixed precision in test_precision.py."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import io
 import pickle
+import sys
 import threading
-import warnings
+import tracemalloc
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import einops
 import pytest
 import torch
 from conftest import assert_exact, loop_reference
 from torch import nn
 
+import foldaxes
 from foldaxes import Distribute, TimeDistributed
 
 
@@ -118,26 +125,62 @@ class TestCheckpoints:
         outer.load_state_dict(encoder().state_dict())
         assert outer(torch.randn(2, 3, 2, 3, 8, 8)).shape == (2, 3, 2, 4)
 
-    def test_whole_model_save_and_load(self) -> None:
+    @pytest.mark.parametrize("called", [False, True], ids=["fresh", "after-a-call"])
+    def test_whole_model_save_and_load(self, called: bool) -> None:
         model = Video(True).eval()
+        x = torch.randn(2, 3, 3, 8, 8)
+        if called:  # the plan caches are filled and pickled with the model
+            model.enc(x)
         buffer = io.BytesIO()
         torch.save(model, buffer)
         buffer.seek(0)
         loaded = torch.load(buffer, weights_only=False)
-        x = torch.randn(2, 3, 3, 8, 8)
-        assert torch.equal(loaded.enc(x), model.enc(x))
+        assert type(loaded.enc) is Distribute and loaded.enc.module is not model.enc.module
+        with torch.no_grad():
+            assert_exact(loaded.enc(x), model.enc.module(x.flatten(0, 1)).unflatten(0, (2, 3)))
+
+    def test_distributed_checkpoint_state_dict_helpers(self) -> None:
+        """The helpers FSDP2 checkpoints go through, on a model that is not even distributed."""
+        helpers = pytest.importorskip("torch.distributed.checkpoint.state_dict")
+        source, target = Video(True), Video(True)
+        with torch.no_grad():
+            for parameter in source.parameters():
+                parameter.add_(1)
+        state = helpers.get_model_state_dict(source)
+        assert list(state) == list(Video(False).state_dict())
+        helpers.set_model_state_dict(target, state)
+        assert_exact(target.state_dict(), source.state_dict(), 0)
+
+
+COPY_CASES = [
+    pytest.param(
+        lambda: Distribute("b t c -> (b t) c", nn.Linear(4, 2), out="(b t) d -> t b d"), (2, 3, 4), id="out-pattern"
+    ),
+    pytest.param(lambda: TimeDistributed(nn.Linear(4, 2), batch_first=True), (2, 3, 4), id="time-distributed"),
+    pytest.param(lambda: Distribute("b (t v) c -> (b t v) c", nn.Linear(4, 2), v=2), (2, 6, 4), id="axis-length"),
+    pytest.param(
+        lambda: Distribute("b t c -> (b t) c", Distribute("n c -> n c ()", nn.Conv1d(4, 2, 1))), (2, 3, 4), id="nested"
+    ),
+]
 
 
 class TestCopies:
-    @pytest.mark.parametrize("clone", [pickle.loads, copy.deepcopy], ids=["pickle", "deepcopy"])
-    def test_copy_behaves_the_same(self, clone: Any) -> None:
-        wrapped = Distribute("b t c -> (b t) c", nn.Linear(4, 2), out="(b t) d -> t b d")
-        x = torch.randn(2, 3, 4)
-        wrapped(x)
-        copied = clone(pickle.dumps(wrapped)) if clone is pickle.loads else clone(wrapped)
+    @pytest.mark.parametrize(
+        "clone", [lambda m: pickle.loads(pickle.dumps(m)), copy.deepcopy], ids=["pickle", "deepcopy"]
+    )
+    @pytest.mark.parametrize(("make", "shape"), COPY_CASES)
+    def test_copy_behaves_the_same(self, clone: Any, make: Callable[[], nn.Module], shape: tuple[int, ...]) -> None:
+        wrapped = make()
+        x = torch.randn(shape)
+        expected = wrapped(x)  # the copy also carries the plans this call cached
+        copied = clone(wrapped)
         assert copied.module is not wrapped.module
-        assert torch.equal(copied(x), wrapped(x))
-        assert list(copied.state_dict()) == ["weight", "bias"]
+        assert_exact(copied(x), expected)
+        assert_exact(copied.state_dict(), wrapped.state_dict(), 0)
+        with torch.no_grad():
+            next(copied.parameters()).add_(1)
+        assert not torch.equal(copied(x), expected)
+        assert_exact(wrapped(x), expected)
 
     def test_repr_shows_pattern_and_module(self) -> None:
         text = repr(Distribute("b (t v) d -> (b t v) d", nn.Linear(4, 2), v=2))
@@ -145,22 +188,110 @@ class TestCopies:
         assert "fn=" in repr(Distribute("b t d -> (b t) d", torch.tanh))
 
 
-class TestModulePlumbing:
-    def test_train_eval_and_to_reach_the_module(self) -> None:
-        wrapped = TimeDistributed(encoder())
-        wrapped.eval()
-        assert not wrapped.module.training
-        wrapped.to(torch.float64)
-        assert all(p.dtype == torch.float64 for p in wrapped.module.parameters())
-        assert len(list(wrapped.parameters())) == len(list(encoder().parameters()))
+HOOK_CASES = [
+    pytest.param(lambda m: Distribute("b t c -> (b t) c", m), (2, 3, 4), id="view-fold"),
+    pytest.param(lambda m: Distribute("t c b -> (b t) c", m), (3, 4, 2), id="permuted-fold"),
+    pytest.param(lambda m: TimeDistributed(m), (3, 2, 4), id="time-distributed"),
+    pytest.param(lambda m: Distribute("b t c -> (b t) c", m, out="(b t) d -> t b d"), (2, 3, 4), id="out-pattern"),
+]
 
-    def test_hooks_fire_once_per_call(self) -> None:
+
+class TestHooks:
+    @pytest.mark.parametrize(("wrap", "shape"), HOOK_CASES)
+    def test_forward_and_pre_hooks_on_the_module_fire_once_per_call(
+        self, wrap: Callable[[nn.Module], nn.Module], shape: tuple[int, ...]
+    ) -> None:
         linear = nn.Linear(4, 2)
-        calls = []
-        linear.register_forward_pre_hook(lambda m, args: calls.append(("pre", args[0].shape)))
-        linear.register_forward_hook(lambda m, args, out: calls.append(("post", out.shape)))
-        Distribute("b t c -> (b t) c", linear)(torch.randn(2, 3, 4))
-        assert calls == [("pre", (6, 4)), ("post", (6, 2))]
+        calls: list[tuple[str, tuple[int, ...]]] = []
+        linear.register_forward_pre_hook(lambda m, args: calls.append(("pre", tuple(args[0].shape))))
+        linear.register_forward_hook(lambda m, args, out: calls.append(("post", tuple(out.shape))))
+        wrapped = wrap(linear)
+        for _ in range(3):  # the first call builds the plan, the others take the cached path
+            wrapped(torch.randn(shape))
+        assert calls == [("pre", (6, 4)), ("post", (6, 2))] * 3
+
+    def test_hooks_on_the_wrapper_fire_once_and_see_the_unfolded_tensors(self) -> None:
+        wrapped = Distribute("b t c -> (b t) c", nn.Linear(4, 2))
+        calls: list[tuple[str, tuple[int, ...]]] = []
+        wrapped.register_forward_pre_hook(lambda m, args: calls.append(("pre", tuple(args[0].shape))))
+        wrapped.register_forward_hook(lambda m, args, out: calls.append(("post", tuple(out.shape))))
+        wrapped(torch.randn(2, 3, 4))
+        assert calls == [("pre", (2, 3, 4)), ("post", (2, 3, 2))]
+
+    @pytest.mark.usefixtures("float64")
+    def test_an_output_replaced_by_a_hook_is_unfolded(self) -> None:
+        linear = nn.Linear(4, 2)
+        linear.register_forward_hook(lambda m, args, out: (out, out.sum(-1)))
+        x = torch.randn(2, 3, 4)
+        out, total = Distribute("b t c -> (b t) c", linear)(x)
+        expected = nn.functional.linear(x, linear.weight, linear.bias)  # without the hook
+        assert_exact((out, total), (expected, expected.sum(-1)))
+
+    def test_a_pre_hook_with_kwargs_sees_the_folded_keyword(self) -> None:
+        class Masked(nn.Module):
+            def forward(self, x: torch.Tensor, *, mask: torch.Tensor) -> torch.Tensor:
+                return x * mask[..., None]
+
+        module = Masked()
+        seen: list[tuple[int, ...]] = []
+        module.register_forward_pre_hook(
+            lambda m, args, kwargs: seen.append(tuple(kwargs["mask"].shape)), with_kwargs=True
+        )
+        wrapped = Distribute("b t s c -> (b t) s c", module, fold_kwargs={"mask": "b t s -> (b t) s"})
+        wrapped(torch.randn(2, 3, 5, 4), mask=torch.ones(2, 3, 5))
+        assert seen == [(6, 5)]
+
+    def test_full_backward_hook_fires_once_per_backward(self) -> None:
+        conv = nn.Conv2d(3, 2, 3)
+        grads: list[tuple[int, ...]] = []
+        conv.register_full_backward_hook(lambda m, grad_in, grad_out: grads.append(tuple(grad_out[0].shape)))
+        x = torch.randn(2, 3, 3, 6, 6, requires_grad=True)
+        Distribute("b t c h w -> (b t) c h w", conv)(x).sum().backward()
+        assert grads == [(6, 2, 4, 4)]
+
+
+class TestModuleMethods:
+    def test_train_and_eval_reach_the_module(self) -> None:
+        inner = encoder()
+        wrapped = TimeDistributed(inner, batch_first=True)
+        assert wrapped.eval() is wrapped and not any(m.training for m in inner.modules())
+        x = torch.randn(2, 3, 3, 8, 8)
+        with torch.no_grad():
+            assert_exact(wrapped(x), inner(x.flatten(0, 1)).unflatten(0, (2, 3)), 0)  # BatchNorm's running stats
+        wrapped.train()
+        assert all(m.training for m in inner.modules())
+
+    @pytest.mark.parametrize(
+        ("apply", "dtype"),
+        [
+            pytest.param(lambda m: m.half(), torch.float16, id="half"),
+            pytest.param(lambda m: m.bfloat16(), torch.bfloat16, id="bfloat16"),
+            pytest.param(lambda m: m.double(), torch.float64, id="double"),
+            pytest.param(lambda m: m.double().float(), torch.float32, id="float"),
+            pytest.param(lambda m: m.to(torch.float64), torch.float64, id="to-dtype"),
+        ],
+    )
+    def test_dtype_casts_reach_the_module(self, apply: Callable[[nn.Module], nn.Module], dtype: torch.dtype) -> None:
+        inner = encoder()
+        wrapped = TimeDistributed(inner, batch_first=True).eval()
+        assert apply(wrapped) is wrapped
+        floating = [t for t in [*inner.parameters(), *inner.buffers()] if t.is_floating_point()]
+        assert floating and all(t.dtype == dtype for t in floating)
+        x = torch.randn(2, 3, 3, 8, 8, dtype=dtype)
+        with torch.no_grad():
+            out = wrapped(x)
+            assert out.dtype == dtype
+            assert_exact(out, inner(x.flatten(0, 1)).unflatten(0, (2, 3)), 0)
+
+    def test_memory_format_requires_grad_and_parameters_reach_the_module(self) -> None:
+        inner = encoder()
+        wrapped = Distribute("b t c h w -> (b t) c h w", inner)
+        wrapped.to(memory_format=torch.channels_last)
+        assert inner[0].weight.is_contiguous(memory_format=torch.channels_last)
+        wrapped.requires_grad_(False)
+        assert not any(p.requires_grad for p in inner.parameters())
+        assert [id(p) for p in wrapped.parameters()] == [id(p) for p in inner.parameters()]
+        assert [id(b) for b in wrapped.buffers()] == [id(b) for b in inner.buffers()]
 
     def test_batchnorm_sees_every_frame(self) -> None:
         norm = nn.BatchNorm1d(4, momentum=1.0)
@@ -169,12 +300,41 @@ class TestModulePlumbing:
         assert torch.allclose(norm.running_mean, x.reshape(6, 4).mean(0))
         assert int(norm.num_batches_tracked) == 1
 
+
+@pytest.mark.usefixtures("float64")
+class TestComposition:
+    def test_distribute_inside_distribute(self) -> None:
+        enc = encoder().eval()
+        inner = Distribute("b v c h w -> (b v) c h w", enc)
+        outer = Distribute("b t v c h w -> (b t) v c h w", inner)
+        x = torch.randn(2, 3, 2, 3, 8, 8)
+        with torch.no_grad():
+            assert_exact(outer(x), loop_reference(enc, [x], [0, 1, 2]))
+        assert list(outer.state_dict()) == list(encoder().state_dict())
+
     def test_inside_sequential_and_module_dict(self) -> None:
+        enc, head = encoder().eval(), nn.Linear(4, 2)
         model = nn.Sequential(
-            Distribute("b t c h w -> (b t) c h w", encoder()), nn.ModuleDict({"head": TimeDistributed(nn.Linear(4, 2))})
+            Distribute("b t c h w -> (b t) c h w", enc), nn.ModuleDict({"head": TimeDistributed(head, True)})
         )
-        y = model[1]["head"](model[0](torch.randn(2, 3, 3, 8, 8)))
-        assert y.shape == (2, 3, 2)
+        x = torch.randn(2, 3, 3, 8, 8)
+        with torch.no_grad():
+            y = model[1]["head"](model[0](x))
+            assert_exact(y, loop_reference(lambda frame: head(enc(frame)), [x], [0, 1]))
+        plain = nn.Sequential(encoder(), nn.ModuleDict({"head": nn.Linear(4, 2)}))
+        assert list(model.state_dict()) == list(plain.state_dict())
+        plain.load_state_dict(model.state_dict())
+
+    def test_sequential_of_wrappers(self) -> None:
+        conv, linear = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+        model = nn.Sequential(
+            Distribute("b t c h w -> (b t) c h w", conv),
+            Distribute("b t c h w -> (b t) c h w", nn.AdaptiveAvgPool2d(1)),
+            Distribute("b t c 1 1 -> (b t) c", linear),
+        )
+        x = torch.randn(2, 3, 3, 8, 8)
+        with torch.no_grad():
+            assert_exact(model(x), linear(conv(x.flatten(0, 1)).mean((2, 3))).unflatten(0, (2, 3)))
 
 
 @pytest.mark.usefixtures("float64")
@@ -202,94 +362,103 @@ class TestAutograd:
         assert_exact(weight_grad, conv.weight.grad)
 
 
-class RecurrentLike(nn.Module):
-    """Returns ``(out, (h, c))`` like nn.LSTM, which torch.compile itself cannot trace."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(4, 5)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        out = self.linear(x).cumsum(0)
-        return out, (out[-1:], out.mean(0, keepdim=True))
-
-
-class TestCompile:
-    @pytest.mark.parametrize(
-        ("make", "shape"),
-        [
-            (lambda: Distribute("b t c h w -> (b t) c h w", nn.Conv2d(3, 4, 3)), (2, 3, 3, 8, 8)),
-            (lambda: TimeDistributed(nn.Linear(4, 2), True), (2, 3, 4)),
-            (
-                lambda: Distribute("b c t h w -> (b t) c h w", nn.Conv2d(3, 4, 3), out="(b t) c h w -> b c t h w"),
-                (2, 3, 4, 8, 8),
-            ),
-            (lambda: Distribute("b v t d -> t (b v) d", RecurrentLike()), (2, 3, 4, 4)),
-        ],
-        ids=["conv", "time-distributed", "out-pattern", "lstm-nested"],
-    )
-    def test_fullgraph(self, make: Any, shape: tuple[int, ...]) -> None:
-        torch._dynamo.reset()
-        wrapped = make()
-        x = torch.randn(shape)
-        compiled = torch.compile(wrapped, fullgraph=True, backend="eager")
-        expected = wrapped(x)
-        assert_exact(compiled(x), expected)
-        assert torch._dynamo.explain(wrapped)(x).graph_break_count == 0
-
-    def test_inductor(self) -> None:
-        torch._dynamo.reset()
-        wrapped = Distribute("b t c h w -> (b t) c h w", nn.Conv2d(3, 4, 3))
-        x = torch.randn(2, 3, 3, 8, 8)
-        compiled = torch.compile(wrapped, fullgraph=True)
-        torch.testing.assert_close(compiled(x), wrapped(x))
+@contextlib.contextmanager
+def frequent_thread_switches() -> Iterator[None]:
+    """Makes the interpreter switch threads every few microseconds, so that plan building interleaves."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
-class TestExport:
-    @pytest.mark.parametrize(
-        "pattern", ["b t c -> (b t) c", "t b c -> (b t) c", "b t ... -> (b t) ..."], ids=["view", "permute", "ellipsis"]
-    )
-    def test_dynamic_batch_and_time(self, pattern: str) -> None:
-        model = nn.Sequential(Distribute(pattern, nn.Linear(4, 5)))
-        dims = {0: torch.export.Dim("d0"), 1: torch.export.Dim("d1")}
-        program = torch.export.export(model, (torch.randn(2, 3, 4),), dynamic_shapes=(dims,))
-        x = torch.randn(5, 7, 4)
-        torch.testing.assert_close(program.module()(x), model(x))
+def run_threads(work: Callable[[int], None], count: int = 8) -> None:
+    """Runs ``work(i)`` in ``count`` threads started together; re-raises the first failure."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(count)
 
+    def run(index: int) -> None:
+        try:
+            barrier.wait()
+            work(index)
+        except BaseException as error:
+            errors.append(error)
 
-class TestTrace:
-    def test_jit_trace_generalises_to_other_sizes(self) -> None:
-        conv = nn.Conv2d(3, 4, 3)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates jit.trace itself
-            # The size checks read traced sizes; they hold for every input the trace is later called with.
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            traced = torch.jit.trace(TimeDistributed(conv, True), torch.randn(2, 3, 3, 8, 8))
-        x = torch.randn(4, 2, 3, 8, 8)
-        torch.testing.assert_close(traced(x), conv(x.flatten(0, 1)).unflatten(0, (4, 2)))
-
-
-class TestThreads:
-    def test_shared_instance_under_threads(self) -> None:
-        linear = nn.Linear(4, 2)
-        wrapped = Distribute("... t c -> (... t) c", linear)
-        shapes = [(2, 3, 4), (3, 4), (2, 2, 5, 4), (1, 1, 1, 1, 4), (5, 1, 4), (2, 6, 4), (7, 4), (2, 2, 2, 2, 2, 4)]
-        errors: list[BaseException] = []
-        barrier = threading.Barrier(len(shapes))
-
-        def run(shape: tuple[int, ...]) -> None:
-            try:
-                barrier.wait()
-                for _ in range(20):
-                    x = torch.randn(shape)
-                    with torch.no_grad():
-                        assert torch.allclose(wrapped(x), linear(x))
-            except BaseException as error:
-                errors.append(error)
-
-        threads = [threading.Thread(target=run, args=(shape,)) for shape in shapes]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    with frequent_thread_switches():
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        assert not errors
+    if errors:
+        raise errors[0]
+
+
+@pytest.mark.usefixtures("float64")
+class TestThreads:
+    def test_one_shared_wrapper_builds_plans_for_many_ranks_at_once(self) -> None:
+        linear = nn.Linear(4, 3)
+        wrapped = Distribute("... t c -> (... t) c", linear)  # new: every rank's plan is built under contention
+        done = [0] * 8
+
+        def work(index: int) -> None:
+            generator = torch.Generator().manual_seed(index)
+            for _ in range(25):
+                lead = torch.randint(1, 4, (index,), generator=generator).tolist()  # rank index + 2
+                x = torch.randn(*lead, 5, 4, generator=generator)
+                with torch.no_grad():
+                    expected = linear(einops.rearrange(x, "... t c -> (... t) c")).reshape(*x.shape[:-1], 3)
+                    assert_exact(wrapped(x), expected)
+                done[index] += 1
+
+        run_threads(work)
+        assert done == [25] * 8
+
+    def test_fold_with_new_patterns_in_every_thread(self) -> None:
+        """More new patterns than the pattern caches hold, so they are emptied while other threads read them."""
+
+        def work(index: int) -> None:
+            x = torch.randn(2, 3, 4)
+            for i in range(48):
+                pattern = f"thread{index}b{i} t c -> (thread{index}b{i} t) c"
+                folded, spec = foldaxes.fold(x, pattern)
+                assert torch.equal(folded, einops.rearrange(x, pattern))
+                assert torch.equal(foldaxes.unfold(folded, spec), x)
+
+        run_threads(work)
+
+
+class TestCaches:
+    @pytest.mark.slow
+    def test_new_patterns_do_not_grow_memory(self) -> None:
+        """1,500 new patterns keep at most a few hundred parsed folds alive; an unbounded cache would keep all.
+
+        Each cached pattern costs a few kB (its parsed pattern, plans and output rules), so an unbounded cache
+        would hold over 4 MB here; the bounded caches hold under 1 MB.
+        """
+        x = torch.randn(2, 3)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            for i in range(1536):
+                folded, spec = foldaxes.fold(x, f"memory{i} t -> (memory{i} t)")
+                foldaxes.unfold(folded, spec)
+            gc.collect()
+            kept = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        assert kept < 2_000_000, f"{kept} bytes kept"
+
+    @pytest.mark.usefixtures("float64")
+    def test_more_ranks_than_the_plan_cache_holds(self) -> None:
+        """One wrapper called with 70 ranks, twice over: its per-rank plans are rebuilt, never wrong."""
+        linear = nn.Linear(4, 3)
+        wrapped = Distribute("... c -> (...) c", linear)
+        for _ in range(2):
+            for rank in range(1, 71):
+                x = torch.randn(*[2] * min(rank - 1, 3), *[1] * max(rank - 4, 0), 4)
+                with torch.no_grad():
+                    out = wrapped(x)
+                    assert out.shape == (*x.shape[:-1], 3)
+                    assert_exact(out.reshape(-1, 3), linear(x.reshape(-1, 4)))  # comparisons stop at 64 dims
