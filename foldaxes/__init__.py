@@ -1,6 +1,6 @@
 """Fold named axes into the batch axis around any module, with einops notation.
 
-Example:
+Examples:
     >>> import torch, foldaxes
     >>> enc = foldaxes.Distribute("b t v c h w -> (b t v) c h w", torch.nn.Conv2d(3, 8, 3))
     >>> enc(torch.randn(2, 4, 3, 3, 16, 16)).shape
@@ -8,6 +8,8 @@ Example:
 """
 
 from ._errors import FoldError as FoldError
+from ._explain import Explanation as Explanation
+from ._explain import explain as explain
 from ._fold import FoldSpec as FoldSpec
 from ._fold import distribute as distribute
 from ._fold import fold as fold
@@ -17,4 +19,14 @@ from ._modules import TimeDistributed as TimeDistributed
 
 __version__ = "0.1.0"
 
-__all__ = ["Distribute", "FoldError", "FoldSpec", "TimeDistributed", "distribute", "fold", "unfold"]
+__all__ = [
+    "Distribute",
+    "Explanation",
+    "FoldError",
+    "FoldSpec",
+    "TimeDistributed",
+    "distribute",
+    "explain",
+    "fold",
+    "unfold",
+]

@@ -6,6 +6,12 @@ Everything runs on synthetic data made at run time from a seed, on the CPU, in a
 from __future__ import annotations
 
 import copy
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import TextIO
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +19,7 @@ from torch.utils import benchmark
 
 import foldaxes
 
-__all__ = ["ClassicFold", "VideoClassifier", "make_encoder", "run_demo"]
+__all__ = ["ClassicFold", "Progress", "VideoClassifier", "make_encoder", "run_demo"]
 
 PATTERN = "b t v c h w -> (b t v) c h w"
 BATCH, TIME, VIEWS, CHANNELS, HEIGHT, WIDTH = 2, 6, 2, 3, 32, 32
@@ -32,7 +38,7 @@ def make_encoder(embed: int = EMBED) -> nn.Sequential:
     Returns:
         A module mapping frames ``(N, 3, H, W)`` to embeddings ``(N, embed)``.
 
-    Example:
+    Examples:
         >>> make_encoder(8)(torch.zeros(4, 3, 32, 32)).shape
         torch.Size([4, 8])
     """
@@ -59,7 +65,7 @@ class ClassicFold(nn.Module):
         module: The per-item module to run.
         leading: How many leading axes to merge into the batch.
 
-    Example:
+    Examples:
         >>> ClassicFold(nn.Flatten(), leading=2)(torch.zeros(2, 3, 4, 5)).shape
         torch.Size([2, 3, 20])
     """
@@ -76,13 +82,68 @@ class ClassicFold(nn.Module):
         return y.contiguous().view(*lead, *y.shape[1:])
 
 
+class Progress:
+    """A one-line progress bar on stderr for the demo's slower steps; it draws nothing unless stderr is a terminal.
+
+    The bar is redrawn in place with a carriage return and erased when the step ends, so the report on stdout
+    reads the same with or without it.
+
+    Args:
+        label: What the step is doing.
+        total: How many times ``advance`` will be called.
+        stream: Where to draw (default: ``sys.stderr`` at the time the bar is made).
+        width: The number of cells in the bar.
+
+    Examples:
+        >>> import io
+        >>> with Progress("timing", 2, io.StringIO()) as bar:  # not a terminal: nothing is drawn
+        ...     bar.advance(2)
+        >>> bar.done, bar.enabled
+        (2, False)
+    """
+
+    def __init__(self, label: str, total: int, stream: TextIO | None = None, width: int = 24) -> None:
+        self.label = label
+        self.total = max(total, 1)
+        self.stream = sys.stderr if stream is None else stream
+        self.width = width
+        self.done = 0
+        self.enabled = self.stream.isatty()
+        self._drawn = 0
+
+    def __enter__(self) -> Progress:
+        self._draw()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if self.enabled:
+            self.stream.write("\r" + " " * self._drawn + "\r")
+            self.stream.flush()
+
+    def advance(self, steps: int = 1) -> None:
+        """Marks ``steps`` more steps done and redraws the bar."""
+        self.done = min(self.done + steps, self.total)
+        self._draw()
+
+    def _draw(self) -> None:
+        if not self.enabled:
+            return
+        filled = self.width * self.done // self.total
+        text = f"  {self.label} [{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total}"
+        self.stream.write("\r" + text)
+        self.stream.flush()
+        self._drawn = len(text)
+
+
 class VideoClassifier(nn.Module):
     """Encodes every frame of every view, merges the views, runs a GRU over time and classifies the clip.
 
     Args:
         encoder: Per-frame module mapping ``(N, 3, H, W)`` to ``(N, EMBED)``.
 
-    Example:
+    Examples:
         >>> model = VideoClassifier(make_encoder())
         >>> model(torch.zeros(2, TIME, VIEWS, 3, 32, 32)).shape
         torch.Size([2, 5])
@@ -134,6 +195,7 @@ def run_demo(seed: int = 0) -> int:
     Raises:
         SystemExit: If the folded encoder disagrees with a per-frame loop.
     """
+    start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         print(f"foldaxes {foldaxes.__version__} demo (torch {torch.__version__}, seed {seed})")
@@ -143,9 +205,9 @@ def run_demo(seed: int = 0) -> int:
         _train_step(model, clips)
         _check_against_loop(encoder, clips)
         frames_last = _channels_last_frames(clips)
-        _report_views(clips, frames_last)
+        _report_views(encoder, clips, frames_last)
         _time(encoder, clips, frames_last)
-    print("\ndone")
+    print(f"\ndone in {time.perf_counter() - start:.1f} s")
     return 0
 
 
@@ -171,13 +233,16 @@ def _check_against_loop(encoder: nn.Module, clips: Tensor) -> None:
     cnn = copy.deepcopy(encoder).double().eval()
     wrapped = foldaxes.Distribute(PATTERN, cnn)
     x = clips.double()
-    with torch.no_grad():
+    steps = []
+    with torch.no_grad(), Progress("checking against a loop", x.shape[1] + 2) as bar:
         folded: Tensor = wrapped(x)
-        looped = torch.stack(
-            [torch.stack([cnn(x[:, t, v]) for v in range(x.shape[2])], dim=1) for t in range(x.shape[1])],
-            dim=1,
-        )
+        bar.advance()
+        for t in range(x.shape[1]):
+            steps.append(torch.stack([cnn(x[:, t, v]) for v in range(x.shape[2])], dim=1))
+            bar.advance()
+        looped = torch.stack(steps, dim=1)
         strided: Tensor = wrapped(_channels_last_frames(x))
+        bar.advance()
     error = (folded - looped).abs().max().item()
     layout_error = (strided - looped).abs().max().item()
     worst = max(error, layout_error)
@@ -191,15 +256,30 @@ def _check_against_loop(encoder: nn.Module, clips: Tensor) -> None:
         )
 
 
-def _report_views(clips: Tensor, frames_last: Tensor) -> None:
+def _report_views(encoder: nn.Module, clips: Tensor, frames_last: Tensor) -> None:
     print("\nIs the folded input a view of the original storage?")
-    for label, x in (("contiguous input", clips), ("channels_last frames", frames_last)):
+    time_major = clips.transpose(0, 1).contiguous().transpose(0, 1)  # a (t, b, ...) buffer seen as (b, t, ...)
+    inputs = (("contiguous input", clips), ("channels_last frames", frames_last), ("time-major buffer", time_major))
+    for label, x in inputs:
         folded, _ = foldaxes.fold(x, PATTERN)
         classic = x.contiguous().view(-1, *x.shape[3:])
         print(
             f"  {label:<21}foldaxes.fold: {_is_view(folded, x)!s:<6}{_layout(folded):<17}"
             f"classic .contiguous().view: {_is_view(classic, x)!s:<6}{_layout(classic)}"
         )
+    shape = ",".join(str(size) for size in clips.shape)
+    why = foldaxes.explain(PATTERN, clips.shape, time_major=True)
+    print(textwrap.fill(f"why: {why.reason}", 110, initial_indent="    ", subsequent_indent="      "))
+    print(f"      (python -m foldaxes explain {PATTERN!r} --shape {shape} --time-major says more)")
+    encoder.eval()
+    with torch.no_grad():
+        folded, spec = foldaxes.fold(clips, PATTERN)
+        output = encoder(folded)
+        unfolded = foldaxes.unfold(output, spec)
+    print(
+        f"  the unfold of the encoder's output {_shape(output)} to {_shape(unfolded)} is a view of it: "
+        f"{_is_view(unfolded, output)}"
+    )
 
 
 def _time(encoder: nn.Module, clips: Tensor, frames_last: Tensor) -> None:
@@ -208,28 +288,34 @@ def _time(encoder: nn.Module, clips: Tensor, frames_last: Tensor) -> None:
     encoder.eval()
     setting = f"torch.utils.benchmark, 1 thread, eval, no grad, best of {ROUNDS} interleaved rounds"
     print(f"\nEncoder forward time ({setting}):")
-    with torch.no_grad():
-        for label, x in (("contiguous input", clips), ("channels_last frames", frames_last)):
-            ours, theirs = _best_times([wrapped, classic], x)
-            print(
-                f"  {label:<21}foldaxes {ours * 1e3:7.3f} ms   classic {theirs * 1e3:7.3f} ms   "
-                f"classic / foldaxes {theirs / ours:.2f}x"
-            )
+    inputs = (("contiguous input", clips), ("channels_last frames", frames_last))
+    results: list[tuple[str, float, float]] = []
+    with torch.no_grad(), Progress("timing", len(inputs) * (ROUNDS + 1)) as bar:
+        for label, x in inputs:
+            ours, theirs = _best_times([wrapped, classic], x, bar.advance)
+            results.append((label, ours, theirs))
+    for label, ours, theirs in results:
+        print(
+            f"  {label:<21}foldaxes {ours * 1e3:7.3f} ms   classic {theirs * 1e3:7.3f} ms   "
+            f"classic / foldaxes {theirs / ours:.2f}x"
+        )
 
 
-def _best_times(modules: list[nn.Module], x: Tensor) -> list[float]:
-    """Seconds per call of each module on ``x``, the best over interleaved rounds.
+def _best_times(modules: list[nn.Module], x: Tensor, tick: Callable[[], None]) -> list[float]:
+    """Seconds per call of each module on ``x``, the best over interleaved rounds; ``tick`` after each round.
 
     Interleaving and keeping the minimum makes the ratio robust to other load on the machine, which only
     ever adds time.
     """
     timers = [benchmark.Timer(stmt="module(x)", globals={"module": module, "x": x}) for module in modules]
     per_call = max(timer.timeit(1).median for timer in timers)
+    tick()
     number = max(1, round(ROUND_SECONDS / per_call))
     best = [float("inf")] * len(timers)
     for _ in range(ROUNDS):
         for i, timer in enumerate(timers):
             best[i] = min(best[i], float(timer.timeit(number).median))
+        tick()
     return best
 
 

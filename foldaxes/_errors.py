@@ -14,6 +14,19 @@ class FoldError(EinopsError):
 
     It subclasses ``einops.EinopsError``, so code that already catches einops errors keeps working.
     Errors raised by the wrapped module itself are never wrapped in a ``FoldError``.
+
+    Examples:
+        >>> import torch, einops, foldaxes
+        >>> try:
+        ...     foldaxes.fold(torch.zeros(2, 3), "b t c -> (b t) c")
+        ... except foldaxes.FoldError as error:
+        ...     print(error)
+        argument 0 has 2 dims, but 'b t c' expects 3.
+          pattern: b t c -> (b t) c
+          argument 0: shape (2, 3)
+          Pass a tensor of the rank the pattern describes, or change the pattern ('...' stands for any number of dims).
+        >>> issubclass(foldaxes.FoldError, einops.EinopsError)
+        True
     """
 
 

@@ -1,0 +1,440 @@
+"""``explain``: what a pattern does to a tensor of a given shape and layout, without allocating the tensor.
+
+The example tensor lives on the ``meta`` device: it has sizes and strides but no storage. The fold itself is
+``foldaxes.fold``, so whether it is a view is read off the result, not predicted. The strides of each merged
+group only supply the reason.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from itertools import pairwise
+
+import torch
+
+from ._errors import FoldError, format_message
+from ._fold import fold, unfold
+from ._pattern import ELLIPSIS, parse_pattern
+from ._plan import Plan, Rule, product
+
+__all__ = ["Explanation", "explain", "explain_layout"]
+
+_WIDTH = 100
+_LABEL = 10
+_PARENTHESISED = re.compile(r"\([^()]*\)")
+_GLUE = "\0"
+"""Stands for a space inside parentheses while the report is wrapped, so that no group or shape is split."""
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What ``explain`` found: the fold of one example tensor and the unfold of a matching output.
+
+    ``str()`` gives the report that ``python -m foldaxes explain`` prints. Shapes and strides count elements,
+    as ``Tensor.stride()`` does.
+
+    Attributes:
+        pattern: The pattern explained.
+        layout: How the example input is stored, in words (``"contiguous"``, ``"channels_last frames"``...).
+        input_shape: The sizes of the example input.
+        input_strides: Its strides.
+        folded_shape: The sizes of the tensor the module receives.
+        folded_strides: Its strides.
+        folded_layout: ``"contiguous"``, ``"channels_last"`` (a 4-D tensor stored so) or ``"strided"``.
+        folded_dim: Where the folded group sits in the folded tensor; ``None`` when the pattern folds nothing.
+        folded_axes: The axes of the folded group, in order (``"...[0]"`` for the first axis of ``...``).
+        folded_sizes: Their sizes.
+        is_view: Whether the folded tensor shares the input's storage (no copy).
+        reason: Why it is a view or a copy, with the strides involved.
+        hint: How the pattern could fold without a copy, when a reordering would; otherwise ``None``.
+        output_shape: The example module output: a tensor of the folded shape.
+        unfolded_shape: What the unfold makes of it (the same as ``output_shape`` when nothing is folded).
+        unfold_is_view: Whether that unfold is a view of the output (it always is).
+
+    Examples:
+        >>> import foldaxes
+        >>> report = foldaxes.explain("b c t h w -> (b t) c h w", (2, 3, 8, 16, 16))
+        >>> report.is_view, report.hint
+        (False, 'They are not adjacent in memory: c lies between them.')
+        >>> print(report)
+        pattern:  b c t h w -> (b t) c h w
+        input:    shape (2, 3, 8, 16, 16), strides (6144, 2048, 256, 16, 1): contiguous
+        folded:   shape (16, 3, 16, 16), strides (768, 256, 16, 1) (contiguous); the folded group (b t),
+                  b=2, t=8, is dim 0
+        fold:     one copy. (b t) cannot be one axis: b's stride 6144 (= c*t*h*w) would have to be t's size
+                  8 times t's stride 256 (= h*w), 2048. They are not adjacent in memory: c lies between
+                  them.
+        unfold:   an output (16, 3, 16, 16) comes back as (2, 8, 3, 16, 16), a view of it. Any output with
+                  16 at dim 0 has that dim split into b=2, t=8.
+    """
+
+    pattern: str
+    layout: str
+    input_shape: tuple[int, ...]
+    input_strides: tuple[int, ...]
+    folded_shape: tuple[int, ...]
+    folded_strides: tuple[int, ...]
+    folded_layout: str
+    folded_dim: int | None
+    folded_axes: tuple[str, ...]
+    folded_sizes: tuple[int, ...]
+    is_view: bool
+    reason: str
+    hint: str | None
+    output_shape: tuple[int, ...]
+    unfolded_shape: tuple[int, ...]
+    unfold_is_view: bool
+
+    def __str__(self) -> str:
+        if self.folded_dim is None:
+            group = "the pattern folds no axes"
+            unfolds = (
+                f"nothing is folded, so an output such as {self.output_shape} comes back as the module returns it."
+            )
+        else:
+            group = (
+                f"the folded group {_group(self.folded_axes)}, {_sizes(self.folded_axes, self.folded_sizes)}, "
+                if self.folded_axes
+                else "the unit batch () "
+            ) + f"is dim {self.folded_dim}"
+            rows = self.folded_shape[self.folded_dim]
+            split = f"split into {_sizes(self.folded_axes, self.folded_sizes)}" if self.folded_axes else "removed"
+            unfolds = (
+                f"an output {self.output_shape} comes back as {self.unfolded_shape}, "
+                + ("a view of it." if self.unfold_is_view else "a copy.")
+                + f" Any output with {rows} at dim {self.folded_dim} has that dim {split}."
+            )
+        fold_text = ("a view. " if self.is_view else "one copy. ") + self.reason
+        if self.hint:
+            fold_text += " " + self.hint
+        lines = [
+            ("pattern", self.pattern),
+            ("input", f"shape {self.input_shape}, strides {self.input_strides}: {self.layout}"),
+            (
+                "folded",
+                f"shape {self.folded_shape}, strides {self.folded_strides} ({self.folded_layout}); {group}",
+            ),
+            ("fold", fold_text),
+            ("unfold", unfolds),
+        ]
+        return "\n".join(
+            textwrap.fill(
+                _PARENTHESISED.sub(lambda match: match[0].replace(" ", _GLUE), text),
+                _WIDTH,
+                initial_indent=f"{label + ':':<{_LABEL}}",
+                subsequent_indent=" " * _LABEL,
+                break_on_hyphens=False,
+            ).replace(_GLUE, " ")
+            for label, text in lines
+        )
+
+
+def explain(
+    pattern: str,
+    shape: Sequence[int],
+    /,
+    *,
+    channels_last: bool = False,
+    time_major: bool = False,
+    strides: Sequence[int] | None = None,
+    **axes_lengths: int,
+) -> Explanation:
+    """Folds an example tensor by ``pattern`` and says whether the fold is a view or a copy, and why.
+
+    The example is a ``meta`` tensor, so no memory is allocated, however large ``shape`` is; view and copy
+    follow the same rules on the meta device as on any other. The fold is ``foldaxes.fold`` itself, and the
+    verdict is read off its result.
+
+    Args:
+        pattern: A single-operand pattern such as ``"b t c h w -> (b t) c h w"``.
+        shape: The sizes of the input, for example ``(2, 8, 3, 224, 224)``.
+        channels_last: Store each frame (the last three dims, ``c h w``) channels_last, as a channels_last
+            convolution returns it.
+        time_major: Store the first two axes swapped: the input is ``buffer.transpose(0, 1)`` of a contiguous
+            ``(T, B, ...)`` buffer, which is what a time-major pipeline hands to a batch-first pattern.
+        strides: Explicit strides for the input, for example ``x.stride()``; not with the two flags above.
+        **axes_lengths: Lengths of axes that cannot be read off the shape, as for ``fold``.
+
+    Returns:
+        An ``Explanation``; ``print`` it for the report.
+
+    Raises:
+        FoldError: the pattern is malformed or has several operands, or the shape does not fit it or the
+            layout asked for.
+
+    Examples:
+        >>> import foldaxes
+        >>> report = foldaxes.explain("b t c h w -> (b t) c h w", (2, 8, 3, 224, 224), time_major=True)
+        >>> report.is_view, report.folded_shape
+        (False, (16, 3, 224, 224))
+        >>> print(report.reason)
+        (b t) cannot be one axis: b's stride 150528 (= c*h*w) would have to be t's size 8 times t's stride
+        301056 (= b*c*h*w), 2408448.
+        >>> foldaxes.explain("b t c h w -> (t b) c h w", (2, 8, 3, 224, 224), time_major=True).is_view
+        True
+    """
+    return explain_layout(pattern, shape, strides, channels_last, time_major, axes_lengths)
+
+
+def explain_layout(
+    pattern: str,
+    shape: Sequence[int],
+    strides: Sequence[int] | None,
+    channels_last: bool,
+    time_major: bool,
+    lengths: Mapping[str, int],
+) -> Explanation:
+    """``explain`` with the lengths as a mapping, so that an axis may be named like a keyword of ``explain``."""
+    parsed = parse_pattern(pattern, frozenset(lengths))
+    if len(parsed.operands) != 1:
+        parts = zip(pattern.split("->")[0].split(","), pattern.split("->")[1].split(","), strict=True)
+        each = ", then ".join(f"'{lhs.strip()} -> {rhs.strip()}'" for lhs, rhs in parts)
+        raise FoldError(
+            format_message(
+                f"explain describes one tensor, but this pattern has {len(parsed.operands)} operands.",
+                pattern=pattern,
+                hint=f"Explain each operand on its own: {each}.",
+            )
+        )
+    sizes = _checked_ints(pattern, "shape", shape)
+    if strides is None:
+        layout, steps = _layout(pattern, sizes, channels_last, time_major)
+    elif channels_last or time_major:
+        raise FoldError(
+            format_message(
+                "Give either strides or the channels_last / time_major flags, not both.",
+                pattern=pattern,
+                hint="The strides describe the whole layout.",
+            )
+        )
+    else:
+        steps = _checked_ints(pattern, "strides", strides)
+        if len(steps) != len(sizes):
+            raise FoldError(
+                format_message(
+                    f"The shape has {len(sizes)} dims but {len(steps)} strides were given.",
+                    pattern=pattern,
+                    shapes=[("input", sizes)],
+                    hint="Give one stride per dim, as x.stride() returns them.",
+                )
+            )
+        layout = ""
+    try:
+        x = torch.empty_strided(sizes, steps, device="meta")
+    except (RuntimeError, TypeError) as error:  # sizes or strides beyond int64, or a numel that overflows it
+        raise FoldError(
+            format_message(
+                f"No tensor can have this shape and these strides: {str(error).splitlines()[0]}",
+                pattern=pattern,
+                shapes=[("input", sizes)],
+                hint="Give sizes whose product fits in 64 bits.",
+            )
+        ) from None
+    if not layout:
+        layout = "the strides given" + (" (contiguous)" if x.is_contiguous() else "")
+    folded, spec = fold(x, pattern, **lengths)
+    output = torch.empty(folded.shape, device="meta")
+    unfolded = unfold(output, spec)
+    is_view = _root(folded) is x
+
+    plan = Rule(pattern, parsed.operands[0], frozenset(lengths)).plan(x, "input")
+    axes = _elementary_axes(plan, x, lengths)
+    reason, hint = _reason(plan, axes, is_view, x.numel() == 0)
+    group = tuple(_shown(axis.name) for axis in axes[plan.group[0] : plan.group[1]]) if plan.group is not None else ()
+    return Explanation(
+        pattern=pattern,
+        layout=layout,
+        input_shape=tuple(sizes),
+        input_strides=tuple(x.stride()),
+        folded_shape=tuple(folded.shape),
+        folded_strides=tuple(folded.stride()),
+        folded_layout=_memory_format(folded),
+        folded_dim=spec.dim,
+        folded_axes=group,
+        folded_sizes=spec.sizes,
+        is_view=is_view,
+        reason=reason,
+        hint=hint,
+        output_shape=tuple(output.shape),
+        unfolded_shape=tuple(unfolded.shape),
+        unfold_is_view=_root(unfolded) is output,
+    )
+
+
+@dataclass(frozen=True)
+class _Axis:
+    name: str
+    size: int
+    stride: int
+
+
+def _elementary_axes(plan: Plan, x: torch.Tensor, lengths: Mapping[str, int]) -> list[_Axis]:
+    """The input's axes after the plan's splits and permute, just before it merges any: in output order."""
+    apart, _, _ = replace(plan, merges=(), unsqueezes=()).apply(x, lengths)
+    names = plan.names if plan.permutation is None else tuple(plan.names[i] for i in plan.permutation)
+    return [_Axis(name, size, stride) for name, size, stride in zip(names, apart.shape, apart.stride(), strict=True)]
+
+
+def _reason(plan: Plan, axes: list[_Axis], is_view: bool, empty: bool) -> tuple[str, str | None]:
+    """Why the fold is a view or a copy, and a hint when a copy could become a view."""
+    merges = sorted(plan.merges)
+    if not merges:
+        return "The pattern merges no axes: it only splits, reorders or adds unit axes, which are always views.", None
+    if empty:
+        return "The input is empty, and any reshape of an empty tensor is a view.", None
+    clauses: list[str] = []
+    hints: list[str] = []
+    blocked_any = False
+    for start, end in merges:
+        members = axes[start : end + 1]
+        text = _group(tuple(_shown(axis.name) for axis in members))
+        blocked = _blocking_pair(members)
+        if blocked is None:
+            clauses.append(_merges(text, members))
+            continue
+        outer, inner = blocked
+        blocked_any = True
+        clauses.append(
+            f"{text} cannot be one axis: {_shown(outer.name)}'s stride {_stride(outer, axes)} would have to be "
+            f"{_shown(inner.name)}'s size {inner.size} times {_shown(inner.name)}'s stride {_stride(inner, axes)}, "
+            f"{inner.size * inner.stride}."
+        )
+        hints.append(_hint(members, outer, inner, axes))
+    if not is_view and not blocked_any:  # not expected: every copy comes from a merge that the strides rule out
+        clauses.append("torch copied the input all the same.")
+    return " ".join(clauses), " ".join(hint for hint in hints if hint) or None
+
+
+def _merges(text: str, members: list[_Axis]) -> str:
+    big = [axis for axis in members if axis.size != 1]
+    if len(big) < 2:
+        which = f"only {_shown(big[0].name)} has" if big else "none of its axes has"
+        return f"{text} merges whatever the strides: {which} a size above 1."
+    pairs = "; ".join(
+        f"{_shown(outer.name)}'s stride {outer.stride} = {_shown(inner.name)}'s size {inner.size} times "
+        f"{_shown(inner.name)}'s stride {inner.stride}"
+        for outer, inner in pairwise(big)
+    )
+    return f"{text} becomes one axis of stride {big[-1].stride}: {pairs}."
+
+
+def _blocking_pair(members: list[_Axis]) -> tuple[_Axis, _Axis] | None:
+    """The first two neighbouring axes (size-1 axes skipped) that one stride cannot cover, if any.
+
+    ``flatten`` returns a view exactly when each axis's stride is the next axis's size times its stride;
+    axes of size 1 have no say.
+    """
+    big = [axis for axis in members if axis.size != 1]
+    for outer, inner in pairwise(big):
+        if outer.stride != inner.size * inner.stride:
+            return outer, inner
+    return None
+
+
+def _hint(members: list[_Axis], outer: _Axis, inner: _Axis, axes: list[_Axis]) -> str:
+    repeated = [axis for axis in members if axis.stride == 0 and axis.size > 1]
+    if repeated:
+        return (
+            f"{_shown(repeated[0].name)} has stride 0: the input repeats along it, as expand() makes. "
+            "Distribute runs the module on one copy of such an input rather than folding every repeat."
+        )
+    in_memory = sorted(members, key=lambda axis: -axis.stride)
+    if in_memory != members and _blocking_pair(in_memory) is None:
+        order = _group(tuple(_shown(axis.name) for axis in in_memory))
+        return f"Writing the group as {order}, the order of its axes in memory, would make it a view."
+    between = [a for a in axes if a not in members and a.size != 1 and inner.stride < a.stride < outer.stride]
+    if between:
+        names = " and ".join(_shown(axis.name) for axis in between)
+        verb = "lie" if len(between) > 1 else "lies"
+        return f"They are not adjacent in memory: {names} {verb} between them."
+    if outer.stride > inner.size * inner.stride:
+        return "There is a gap in memory between them: the input is cropped or strided along an axis."
+    return ""
+
+
+def _stride(axis: _Axis, axes: list[_Axis]) -> str:
+    """The stride, with the axes whose sizes it is the product of when it is one (a dense layout)."""
+    if axis.stride <= 1:
+        return str(axis.stride)
+    inside = sorted(
+        (other for other in axes if other is not axis and other.size > 1 and other.stride < axis.stride),
+        key=lambda other: -other.stride,
+    )
+    if inside and product(other.size for other in inside) == axis.stride:
+        return f"{axis.stride} (= {'*'.join(_shown(other.name) for other in inside)})"
+    return str(axis.stride)
+
+
+def _layout(pattern: str, sizes: list[int], channels_last: bool, time_major: bool) -> tuple[str, list[int]]:
+    """Words for the layout, and its strides: each frame channels_last, the first two axes stored swapped."""
+    ndim = len(sizes)
+    for flag, needed, what in ((channels_last, 3, "channels_last frames (c h w)"), (time_major, 2, "time_major")):
+        if flag and ndim < needed:
+            raise FoldError(
+                format_message(
+                    f"{what} needs at least {needed} dims, but the shape has {ndim}.",
+                    pattern=pattern,
+                    shapes=[("input", sizes)],
+                    hint="Give the full shape of the tensor, or drop the flag.",
+                )
+            )
+    order = list(range(ndim))  # dims from outermost to innermost in memory
+    if time_major:
+        order[0], order[1] = 1, 0
+    if channels_last:
+        order[-3:] = [ndim - 2, ndim - 1, ndim - 3]  # h, w, c
+    strides = [0] * ndim
+    step = 1
+    for dim in reversed(order):
+        strides[dim] = step
+        step *= max(sizes[dim], 1)
+    words = []
+    if time_major:
+        words.append("time-major, x.transpose(0, 1) of a contiguous buffer whose first two axes are swapped")
+    if channels_last:
+        words.append("every (c h w) frame stored channels_last")
+    return ", ".join(words) or "contiguous", strides
+
+
+def _checked_ints(pattern: str, what: str, values: Sequence[int]) -> list[int]:
+    checked = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise FoldError(
+                format_message(
+                    f"The {what} must be non-negative ints, not {tuple(values)!r}.",
+                    pattern=pattern,
+                    hint="For example shape (2, 8, 3, 224, 224).",
+                )
+            )
+        checked.append(value)
+    return checked
+
+
+def _root(x: torch.Tensor) -> torch.Tensor:
+    """The tensor whose storage ``x`` views: ``x`` itself unless it is a view."""
+    base = x._base
+    return x if base is None else base
+
+
+def _memory_format(x: torch.Tensor) -> str:
+    if x.is_contiguous():
+        return "contiguous"
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return "channels_last"
+    return "strided"
+
+
+def _shown(name: str) -> str:
+    return f"...[{name[len(ELLIPSIS) :]}]" if name.startswith(ELLIPSIS) else name
+
+
+def _group(names: tuple[str, ...]) -> str:
+    return "(" + " ".join(names) + ")"
+
+
+def _sizes(names: tuple[str, ...], sizes: tuple[int, ...]) -> str:
+    return ", ".join(f"{name}={size}" for name, size in zip(names, sizes, strict=True))

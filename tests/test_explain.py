@@ -1,0 +1,253 @@
+"""``foldaxes.explain`` and ``python -m foldaxes explain``: shapes, view or copy, and why.
+
+The verdicts are checked against real CPU tensors laid out with torch's own calls (``memory_format``,
+``transpose``, slicing), folded by ``einops.rearrange`` and compared by storage pointer, never by foldaxes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import einops
+import pytest
+import torch
+
+import foldaxes
+from foldaxes.__main__ import main
+
+CL = torch.channels_last
+
+
+def storage(t: torch.Tensor) -> int:
+    return int(t.untyped_storage().data_ptr())
+
+
+def real(shape: tuple[int, ...], channels_last: bool = False, time_major: bool = False) -> torch.Tensor:
+    """A CPU tensor with the layout the flags describe, made the way a pipeline would make it."""
+    stored = (shape[1], shape[0], *shape[2:]) if time_major else shape
+    if channels_last:
+        frames = torch.empty(math.prod(stored[:-3]), *stored[-3:], memory_format=CL)
+        x = frames.view(stored)
+    else:
+        x = torch.empty(stored)
+    return x.transpose(0, 1) if time_major else x
+
+
+def rearranged_is_view(x: torch.Tensor, pattern: str, **lengths: int) -> bool:
+    return storage(einops.rearrange(x, pattern, **lengths)) == storage(x)
+
+
+# (pattern, shape, lengths, channels_last, time_major)
+LAYOUT_CASES = [
+    pytest.param("b t c h w -> (b t) c h w", (2, 8, 3, 6, 5), {}, False, False, id="contiguous"),
+    pytest.param("b t c h w -> (b t) c h w", (2, 8, 3, 6, 5), {}, True, False, id="channels-last"),
+    pytest.param("b t c h w -> (b t) c h w", (2, 8, 3, 6, 5), {}, False, True, id="time-major"),
+    pytest.param("b t c h w -> (t b) c h w", (2, 8, 3, 6, 5), {}, False, True, id="time-major-as-tb"),
+    pytest.param("b t c h w -> (b t) c h w", (2, 8, 3, 6, 5), {}, True, True, id="time-major-channels-last"),
+    pytest.param("b t c h w -> (b t) (c h w)", (2, 8, 3, 6, 5), {}, True, False, id="channels-last-flat-frame"),
+    pytest.param("b t c h w -> (b t) (h w c)", (2, 8, 3, 6, 5), {}, True, False, id="channels-last-hwc"),
+    pytest.param("b c t h w -> (b t) c h w", (2, 3, 8, 6, 5), {}, False, False, id="not-adjacent"),
+    pytest.param("b (t v) d -> (b t v) d", (2, 6, 4), {"v": 2}, False, False, id="lengths"),
+    pytest.param("b (t v) d -> (b t v) d", (2, 6, 4), {"v": 2}, False, True, id="lengths-time-major"),
+    pytest.param("t b d -> (t b) d", (5, 1, 4), {}, False, True, id="size-one-axis"),
+    pytest.param("b ... -> b (...)", (2, 3, 4, 5), {}, False, False, id="ellipsis"),
+    pytest.param("c h w -> () c h w", (3, 4, 5), {}, True, False, id="unit-batch"),
+    pytest.param("b t d -> t b d", (2, 3, 4), {}, False, True, id="no-group"),
+]
+
+
+@pytest.mark.parametrize(("pattern", "shape", "lengths", "channels_last", "time_major"), LAYOUT_CASES)
+def test_verdict_and_shapes_match_a_real_tensor(
+    pattern: str, shape: tuple[int, ...], lengths: dict[str, Any], channels_last: bool, time_major: bool
+) -> None:
+    report = foldaxes.explain(pattern, shape, channels_last=channels_last, time_major=time_major, **lengths)
+    x = real(shape, channels_last, time_major)
+    assert report.input_strides == x.stride()
+    assert report.is_view == rearranged_is_view(x, pattern, **lengths)
+    folded, spec = foldaxes.fold(x, pattern, **lengths)
+    assert report.folded_shape == folded.shape
+    assert report.folded_strides == folded.stride()
+    output = torch.empty(report.output_shape)
+    unfolded = foldaxes.unfold(output, spec)
+    assert report.unfolded_shape == unfolded.shape
+    assert report.unfold_is_view == (storage(unfolded) == storage(output))
+    assert report.unfold_is_view
+
+
+def strided_inputs() -> list[torch.Tensor]:
+    """Every axis order of a small 3-D buffer, each uncropped and cropped on each axis."""
+    tensors = []
+    base = torch.empty(2, 3, 4)
+    for order in itertools.permutations(range(3)):
+        permuted = base.permute(order)
+        tensors.append(permuted)
+        for dim in range(3):
+            tensors.append(permuted.narrow(dim, 0, permuted.shape[dim] - 1))
+            tensors.append(permuted[(slice(None),) * dim + (slice(None, None, 2),)])
+    return tensors
+
+
+@pytest.mark.parametrize("pattern", ["a b c -> (a b) c", "a b c -> a (b c)", "a b c -> (a b c)", "a b c -> (b a) c"])
+def test_verdict_matches_real_tensors_for_any_strides(pattern: str) -> None:
+    """Meta tensors decide view or copy as CPU tensors do, and a copy's reason names the blocking axes."""
+    for x in strided_inputs():
+        report = foldaxes.explain(pattern, x.shape, strides=x.stride())
+        expected = rearranged_is_view(x, pattern)
+        assert report.is_view == expected, (x.shape, x.stride(), str(report))
+        assert ("cannot be one axis" not in report.reason) == expected, report.reason
+
+
+def test_copy_reason_names_the_real_strides() -> None:
+    report = foldaxes.explain("b t c h w -> (b t) c h w", (2, 8, 3, 224, 224), time_major=True)
+    assert not report.is_view
+    assert report.input_strides == (3 * 224 * 224, 2 * 3 * 224 * 224, 224 * 224, 224, 1)
+    assert "b's stride 150528 (= c*h*w)" in report.reason
+    assert "t's size 8 times t's stride 301056 (= b*c*h*w), 2408448" in report.reason
+    assert report.hint is not None and "(t b)" in report.hint
+
+
+def test_not_adjacent_hint_names_the_axis_between() -> None:
+    report = foldaxes.explain("b c t h w -> (b t) c h w", (2, 3, 8, 6, 5))
+    assert not report.is_view
+    assert report.hint == "They are not adjacent in memory: c lies between them."
+
+
+def test_view_reason_shows_the_stride_arithmetic() -> None:
+    report = foldaxes.explain("b t c h w -> (b t) c h w", (2, 8, 3, 224, 224), channels_last=True)
+    assert report.is_view
+    assert report.folded_layout == "channels_last"
+    assert (
+        report.reason
+        == "(b t) becomes one axis of stride 150528: b's stride 1204224 = t's size 8 times t's stride 150528."
+    )
+    assert report.hint is None
+
+
+def test_nothing_is_allocated() -> None:
+    """A shape of 2**42 elements would need 16 TiB on the CPU; the meta device needs nothing."""
+    report = foldaxes.explain("b t c h w -> (b t) c h w", (64, 1024, 4, 2048, 2048), time_major=True)
+    assert report.folded_shape == (64 * 1024, 4, 2048, 2048)
+    assert not report.is_view
+
+
+def test_report_text() -> None:
+    report = foldaxes.explain("b t c h w -> (b t) c h w", (2, 8, 3, 224, 224), time_major=True)
+    text = str(report)
+    assert [line.split(":")[0] for line in text.splitlines() if not line.startswith(" ")] == [
+        "pattern",
+        "input",
+        "folded",
+        "fold",
+        "unfold",
+    ]
+    assert "one copy." in text
+    assert "(2, 8, 3, 224, 224)" in text and "(16, 3, 224, 224)" in text
+    assert "(b t)" in text  # a group is never split across lines
+    assert all(len(line) <= 100 for line in text.splitlines())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.is_view = True  # type: ignore[misc]
+
+
+def test_an_axis_may_be_named_like_a_keyword() -> None:
+    assert main(["explain", "b (t strides) d -> (b t strides) d", "--shape", "2,6,4", "--lengths", "strides=3"]) == 0
+
+
+# ---- the command line ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "verdict", "strides"),
+    [
+        pytest.param([], "a view.", "(1204224, 150528, 50176, 224, 1)", id="contiguous"),
+        pytest.param(["--channels-last"], "a view.", "(1204224, 150528, 1, 672, 3)", id="channels-last"),
+        pytest.param(["--time-major"], "one copy.", "(150528, 301056, 50176, 224, 1)", id="time-major"),
+        pytest.param(["--time-major", "--channels-last"], "one copy.", "(150528, 301056, 1, 672, 3)", id="both-flags"),
+        pytest.param(["--strides", "1204224,150528,50176,224,1"], "a view.", "(1204224, 150528", id="strides"),
+    ],
+)
+def test_cli_flags(flags: list[str], verdict: str, strides: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", "b t c h w -> (b t) c h w", "--shape", "2,8,3,224,224", *flags]) == 0
+    out = capsys.readouterr().out
+    assert f"strides {strides}" in out
+    assert f"fold:     {verdict}" in out
+    assert "shape (16, 3, 224, 224)" in out
+    assert "comes back as (2, 8, 3, 224, 224)" in out
+
+
+def test_cli_lengths(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["explain", "b (t v) c h w -> (b t v) c h w", "--shape", "2,6,3,8,8", "--lengths", "v=2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "b=2, t=3, v=2" in out
+    assert "comes back as (2, 3, 2, 3, 8, 8)" in out
+    assert main(["explain", "b (t v) (h w) -> (b t v) h w", "--shape", "2 6 12", "--lengths", "v=2,h=3"]) == 0
+    assert (
+        main(["explain", "b (t v) (h w) -> (b t v) h w", "--shape", "2,6,12", "--lengths", "v=2", "--lengths", "h=3"])
+        == 0
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(["b t c -> b t c (", "--shape", "2,3,4"], "pattern", id="malformed-pattern"),
+        pytest.param(["b t c", "--shape", "2,3,4"], "exactly one '->'", id="no-arrow"),
+        pytest.param(["b t c -> (b t) c", "--shape", "2,3"], "has 2 dims", id="wrong-rank"),
+        pytest.param(["b (t v) c -> (b t v) c", "--shape", "2,5,3", "--lengths", "v=2"], "cannot be split", id="split"),
+        pytest.param(["b t c -> (b t) c", "--shape", "2,3,4", "--lengths", "q=2"], "no pattern uses it", id="unused"),
+        pytest.param(["b t, b s -> (b t), (b s)", "--shape", "2,3"], "'b t -> (b t)', then 'b s -> (b s)'", id="two"),
+        pytest.param(["b t -> (b t)", "--shape", "2,3", "--channels-last"], "at least 3 dims", id="cl-rank"),
+        pytest.param(["b t -> (b t)", "--shape", "2,3", "--strides", "3,1", "--time-major"], "not both", id="both"),
+        pytest.param(["b t -> (b t)", "--shape", "2,3", "--strides", "1"], "2 dims but 1 strides", id="strides"),
+        pytest.param(
+            ["b t -> (b t)", "--shape", "2,3", "--lengths", "b=2", "--lengths", "b=3"], "two lengths", id="dup"
+        ),
+        pytest.param(["b t -> (b t)", "--shape", f"{2**62},{2**62}"], "No tensor can have", id="overflow"),
+        pytest.param(["b t -> (b t)", "--shape", f"{2**64},3"], "No tensor can have", id="beyond-int64"),
+    ],
+)
+def test_bad_input_exits_2_with_the_message(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: ")
+    assert message in captured.err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["b t -> (b t)"], id="no-shape"),
+        pytest.param(["b t -> (b t)", "--shape", "2,x"], id="bad-shape"),
+        pytest.param(["b t -> (b t)", "--shape", "2,-3"], id="negative"),
+        pytest.param(["b t -> (b t)", "--shape", "2,3", "--lengths", "v"], id="bad-length"),
+        pytest.param(["b t -> (b t)", "--shape", "2,3", "--strides", "3,1", "--channels-last"], id="exclusive"),
+    ],
+)
+def test_bad_command_line_is_a_usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as excinfo:
+        main(["explain", *argv])
+    assert excinfo.value.code == 2
+    assert "usage: python -m foldaxes explain" in capsys.readouterr().err
+
+
+def test_python_api_errors_are_fold_errors() -> None:
+    with pytest.raises(foldaxes.FoldError, match="non-negative ints"):
+        foldaxes.explain("b t -> (b t)", (2, -1))
+    with pytest.raises(foldaxes.FoldError, match="time_major needs at least 2 dims"):
+        foldaxes.explain("b -> (b)", (2,), time_major=True)
+
+
+def test_the_docs_page_shows_what_the_command_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "explain.md").read_text()
+    found = re.search(r"```sh\n(python -m foldaxes explain .*?)\n```\n\nprints\n\n```text\n(.*?)```", page, re.DOTALL)
+    assert found is not None
+    command, shown = found.groups()
+    assert main(shlex.split(command)[3:]) == 0
+    assert capsys.readouterr().out == shown
