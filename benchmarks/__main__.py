@@ -1,9 +1,9 @@
 """``python -m benchmarks``: foldaxes beside every other way of folding (batch, time), in one process.
 
-Runs the eager workloads A to F, the compiled workload G and the construction workload H, prints a table per
-workload and the targets with PASS or FAIL, prints the summary table last, and writes the same to
-docs/benchmarks.md with a bar chart (docs/benchmarks.png, when matplotlib is installed). Nothing here decides
-CI: the exit status is 0 unless ``--check`` is given and a target fails.
+Runs the eager workloads A to F, the compiled workload G, the construction workload H and the ragged-input
+workload R, prints a table per workload and the targets with PASS or FAIL, prints the summary table last, and
+writes the same to docs/benchmarks.md with a bar chart (docs/benchmarks.png, when matplotlib is installed).
+Nothing here decides CI: the exit status is 0 unless ``--check`` is given and a target fails.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from . import _compiled, _construction, _report, _workloads
+from . import _compiled, _construction, _ragged, _report, _workloads
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 GPU_SECTION = """## On a GPU
@@ -27,17 +27,28 @@ here, with the card and the date, once it has run."""
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer and shorter rounds: under 2 minutes")
-    parser.add_argument("--rounds", type=int, help="interleaved rounds per workload (default 7, quick 3)")
-    parser.add_argument("--seconds", type=float, help="minimum run time of a column per round (default 0.2)")
-    parser.add_argument("--only", help="comma-separated workload keys, e.g. A-Linear,B,G,H (default: all)")
+    parser.add_argument("--quick", action="store_true", help="a smaller time budget: under 2 minutes in all")
+    parser.add_argument("--budget", type=float, help="seconds of timing per workload (default 12, quick 3)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds per workload (default: what fits the budget)")
+    parser.add_argument("--seconds", type=float, default=0.02, help="minimum run time of a column per round")
+    parser.add_argument("--only", help="comma-separated workload keys, e.g. A-Linear,B,G,H,R (default: all)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier medians)")
     parser.add_argument("--scale", type=int, default=1, help="divide the image sizes by this, for smoke runs")
     parser.add_argument("--no-keras", action="store_true", help="leave Keras out even when it is installed")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md as it is")
     parser.add_argument("--check", action="store_true", help="exit with status 1 when a target fails")
     args = parser.parse_args(argv)
-    rounds = args.rounds or (3 if args.quick else 7)
-    seconds = args.seconds or (0.05 if args.quick else 0.2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace) -> int:
+    rounds, seconds = args.rounds, args.seconds
+    budget = args.budget or (3.0 if args.quick else 12.0)
     only = set(args.only.split(",")) if args.only else None
 
     def wanted(key: str) -> bool:
@@ -49,14 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         if not wanted(workload.key):
             continue
         _progress(f"{workload.key}: {workload.title}", started)
-        result = _workloads.run(workload, rounds, seconds, keras=not args.no_keras)
+        result = _workloads.run(workload, rounds, seconds, budget, keras=not args.no_keras)
         results.append(result)
         sections += [*_report.details(result), ""]
         checks += _workloads.targets(result)
     compiled = None
     if wanted("G"):
         _progress("G: workload B under torch.compile (inductor)", started)
-        compiled = _compiled.run(rounds, seconds, side=64 // args.scale)
+        compiled = _compiled.run(rounds, seconds, budget, side=64 // args.scale)
         sections += ["**G**: workload B under torch.compile", "", *_report.compiled_details(compiled), ""]
         checks += _compiled.targets(compiled)
     if wanted("H"):
@@ -64,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         construction = _construction.run(repeats=100 if args.quick else 400)
         sections += ["**H**: construction and first call", "", *_report.construction_details(construction), ""]
         checks += _construction.targets(construction)
+    if wanted("R"):
+        _progress("R: ragged, padded, long and repeated inputs", started)
+        ragged_lines, ragged_checks = _ragged.run(args.quick)
+        sections += ragged_lines
+        checks += ragged_checks
 
     header = _report.environment(torch.get_num_threads())
     summary = _report.summary(results, compiled)
@@ -89,7 +105,9 @@ def _page(header: str, summary: list[str], sections: list[str], targets: list[st
         "foldaxes beside every other way of running a module over (batch, time), measured in one process with",
         "interleaved rounds (`torch.utils.benchmark`, blocked autorange, medians). Ratios are to the hand-written",
         "fold `m(x.flatten(0, 1)).unflatten(0, x.shape[:2])`: the median over rounds of the column's time divided",
-        "by the hand-written fold's time in the same round. *Spread* is (slowest round - fastest round) / median.",
+        "by the hand-written fold's time in the same round. Rounds are many and short (as many as fit in a time",
+        "budget per workload), so that the columns of a round see the same machine. *Spread* is the interquartile",
+        "range of a column's rounds over their median.",
         "*Copied in / out* counts the bytes written by `aten::copy_` and `aten::cat` outside the module call, before",
         "and after it; *peak memory* is the most bytes held at once during one call (CPU profiler memory events).",
         "",

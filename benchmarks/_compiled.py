@@ -15,7 +15,7 @@ import torch
 from torch import fx, nn
 
 from ._columns import FOLDAXES, HAND_WRITTEN, Folds, torch_columns
-from ._harness import Rounds, interleaved
+from ._harness import Rounds, interleaved, rounds_within
 from ._workloads import CONV_PATTERN
 
 COLUMNS = (HAND_WRITTEN, *FOLDAXES, "classic recipe", "einops rearrange", "einops pack/unpack", "torch.func.vmap")
@@ -70,7 +70,7 @@ def compile_count(fn: Callable[[torch.Tensor], Any], inputs: list[torch.Tensor])
     return compiles
 
 
-def run(rounds: int, min_run_time: float, side: int = 64) -> CompiledResult:
+def run(rounds: int | None, min_run_time: float, budget: float, side: int = 64) -> CompiledResult:
     """Compiles each column of workload B, records its graphs, times it and counts its dynamic compiles."""
     torch.manual_seed(0)
     conv: nn.Module = nn.Conv2d(3, 16, kernel_size=3, padding=1)
@@ -92,7 +92,7 @@ def run(rounds: int, min_run_time: float, side: int = 64) -> CompiledResult:
             inductor = torch.compile(fn, fullgraph=True)
             inductor(contiguous)
             compiled[name] = lambda inductor=inductor: inductor(contiguous)
-        measured = interleaved(compiled, rounds, min_run_time)
+        measured = interleaved(compiled, rounds or rounds_within(budget, compiled, min_run_time), min_run_time)
     torch._dynamo.reset()
     return CompiledResult(graphs, measured, dynamic)
 

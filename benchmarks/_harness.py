@@ -8,6 +8,7 @@ column's ratio is the median over rounds of its time divided by its baseline's t
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +26,20 @@ COPY_OPS = frozenset({"aten::copy_", "aten::cat"})
 def median_seconds(fn: Callable[[], Any], min_run_time: float) -> float:
     """The median time of one call of ``fn``, from ``torch.utils.benchmark``'s blocked autorange."""
     return float(Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median)
+
+
+def rounds_within(budget: float, calls: Mapping[str, Callable[[], Any]], min_run_time: float, at_least: int = 5) -> int:
+    """How many rounds of ``interleaved`` fit in about ``budget`` seconds: at least ``at_least``, at most 61.
+
+    Many short rounds beat a few long ones on a machine whose speed drifts: the columns of one round are timed
+    close together, so the ratios within a round see the same machine.
+    """
+    per_round = 0.0
+    for call in calls.values():
+        start = time.perf_counter()
+        call()
+        per_round += max(time.perf_counter() - start, min_run_time)
+    return max(at_least, min(61, int(budget / per_round)))
 
 
 def interleaved(calls: Mapping[str, Callable[[], Any]], rounds: int, min_run_time: float) -> dict[str, Rounds]:
@@ -56,8 +71,9 @@ class Rounds:
 
     @property
     def spread(self) -> float:
-        """(slowest round - fastest round) / median: how much the machine moved during the measurement."""
-        return (max(self.times) - min(self.times)) / self.median
+        """The interquartile range of the rounds over their median: how much the machine moved meanwhile."""
+        first, _, third = statistics.quantiles(self.times, n=4, method="inclusive")
+        return (third - first) / self.median
 
     def ratio_to(self, other: Rounds) -> float:
         """The median over rounds of this column's time divided by ``other``'s in the same round."""

@@ -27,7 +27,7 @@ def environment(threads: int) -> str:
     versions = ", ".join(f"{name} {_version(name)}" for name in ("torch", "einops", "foldaxes", "keras", "fastai"))
     return (
         f"{datetime.date.today().isoformat()}; {platform.machine()} {platform.processor() or ''} "
-        f"with {os.cpu_count()} CPU cores, {threads} torch threads unless a workload says otherwise; "
+        f"with {os.cpu_count()} CPU cores, {threads} torch thread{'s' if threads > 1 else ''}; "
         f"Python {platform.python_version()}; {versions}."
     ).replace("  ", " ")
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from ._columns import FOLDAXES, HAND_WRITTEN, KERAS, KERAS_FOLDED, THINNEST, Folds, keras_available, keras_columns
 from ._columns import torch_columns as build_torch_columns
-from ._harness import Footprint, Marked, Rounds, footprint, interleaved
+from ._harness import Footprint, Marked, Rounds, footprint, interleaved, rounds_within
 
 CONV_PATTERN = "b t c h w -> (b t) c h w"
 CONV_FOLDS = Folds(CONV_PATTERN)
@@ -31,7 +31,6 @@ class Workload:
         make_input: Builds the input tensor.
         make_module: Builds the torch module.
         folds: The pattern for ``Distribute`` and whether the input is time-major.
-        threads: Torch threads while timing; ``None`` for the machine's default.
         keras_layer: Builds the same layer from ``keras.layers``, or ``None`` where Keras has no counterpart.
         keeps_channels_last: Whether the wrappers must keep the module's channels_last output.
         ratio_limit: The most a foldaxes column may cost, as a multiple of ``limit_of``'s time.
@@ -43,7 +42,6 @@ class Workload:
     make_input: Callable[[], torch.Tensor]
     make_module: Callable[[], nn.Module]
     folds: Folds = CONV_FOLDS
-    threads: int | None = None
     keras_layer: Callable[[Any], Any] | None = None
     keeps_channels_last: bool = False
     ratio_limit: float = 1.03
@@ -103,11 +101,10 @@ def workloads(scale: int = 1) -> list[Workload]:
     return [
         Workload(
             "A-Identity",
-            "Identity, x (2, 4, 16), 1 thread",
+            "Identity, x (2, 4, 16)",
             lambda: torch.randn(2, 4, 16),
             nn.Identity,
             Folds("b t c -> (b t) c"),
-            threads=1,
             keras_layer=lambda layers: layers.Identity(),
             ratio_limit=1.10,
             limit_of=THINNEST,
@@ -115,11 +112,10 @@ def workloads(scale: int = 1) -> list[Workload]:
         ),
         Workload(
             "A-Linear",
-            "Linear(16, 16), x (2, 4, 16), 1 thread",
+            "Linear(16, 16), x (2, 4, 16)",
             lambda: torch.randn(2, 4, 16),
             lambda: nn.Linear(16, 16),
             Folds("b t c -> (b t) c"),
-            threads=1,
             keras_layer=lambda layers: layers.Dense(16),
             ratio_limit=1.05,
             limit_of=THINNEST,
@@ -163,26 +159,22 @@ def workloads(scale: int = 1) -> list[Workload]:
     ]
 
 
-def run(workload: Workload, rounds: int, min_run_time: float, keras: bool = True) -> Result:
-    """Times every column of ``workload``, then profiles one call of each."""
+def run(workload: Workload, rounds: int | None, min_run_time: float, budget: float, keras: bool = True) -> Result:
+    """Times every column of ``workload`` (``rounds``, or as many as fit in ``budget`` seconds), then profiles
+    one call of each."""
     torch.manual_seed(0)
     x, module = workload.make_input(), workload.make_module()
     calls = _calls(build_torch_columns(module, workload.folds), x)
     if keras and workload.keras_layer is not None and keras_available():
         calls.update(_calls(keras_columns(workload.keras_layer, x), x))
-    threads = torch.get_num_threads()
-    if workload.threads is not None:
-        torch.set_num_threads(workload.threads)
-    try:
-        with torch.no_grad():
-            for call in calls.values():
-                call()  # warm-up: first-call costs are workload H's business
-            result = Result(workload, interleaved(calls, rounds, min_run_time))
-            for name, column in build_torch_columns(Marked(module), workload.folds).items():
-                output, result.footprints[name] = footprint(lambda column=column: column(x))
-                result.channels_last[name] = _is_channels_last(output)
-    finally:
-        torch.set_num_threads(threads)
+    with torch.no_grad():
+        for call in calls.values():
+            call()  # warm-up: first-call costs are workload H's business
+        rounds = rounds or rounds_within(budget, calls, min_run_time, at_least=3 if budget < 5 else 9)
+        result = Result(workload, interleaved(calls, rounds, min_run_time))
+        for name, column in build_torch_columns(Marked(module), workload.folds).items():
+            output, result.footprints[name] = footprint(lambda column=column: column(x))
+            result.channels_last[name] = _is_channels_last(output)
     return result
 
 
