@@ -42,28 +42,45 @@ def rounds_within(budget: float, calls: Mapping[str, Callable[[], Any]], min_run
     return max(at_least, min(61, int(budget / per_round)))
 
 
-def interleaved(calls: Mapping[str, Callable[[], Any]], rounds: int, min_run_time: float) -> dict[str, Rounds]:
+def interleaved(
+    calls: Mapping[str, Callable[[], Any]], rounds: int, min_run_time: float, paired_with: str | None = None
+) -> dict[str, Rounds]:
     """Times every call once per round, rotating the order between rounds.
 
     Args:
         calls: The columns, each a call without arguments.
         rounds: How many rounds.
         min_run_time: Minimum run time of one column in one round, in seconds.
+        paired_with: A column to time again right before each other column, for calls long enough (tenths of
+            a second) that a round spans many seconds: each ratio then compares two neighbouring timings.
     """
     names = list(calls)
     samples: dict[str, list[float]] = {name: [] for name in names}
+    partners: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(rounds):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
+            if paired_with is not None:
+                if name == paired_with:
+                    continue
+                partner = median_seconds(calls[paired_with], min_run_time)
+                samples[paired_with].append(partner)
+                partners[name].append(partner)
             samples[name].append(median_seconds(calls[name], min_run_time))
-    return {name: Rounds(tuple(times)) for name, times in samples.items()}
+    return {name: Rounds(tuple(samples[name]), tuple(partners[name]) or None) for name in names}
 
 
 @dataclass(frozen=True)
 class Rounds:
-    """One column's median time in each round, in seconds."""
+    """One column's median time in each round, in seconds.
+
+    Attributes:
+        times: The column's time in each round.
+        paired: The paired column's time measured right before each of ``times``, when timings were paired.
+    """
 
     times: tuple[float, ...]
+    paired: tuple[float, ...] | None = None
 
     @property
     def median(self) -> float:
@@ -76,8 +93,19 @@ class Rounds:
         return (third - first) / self.median
 
     def ratio_to(self, other: Rounds) -> float:
-        """The median over rounds of this column's time divided by ``other``'s in the same round."""
-        return statistics.median(mine / theirs for mine, theirs in zip(self.times, other.times, strict=True))
+        """The median over rounds of this column's time divided by ``other``'s in the same round.
+
+        With paired timings each column is compared through its own neighbouring timings of the paired column.
+        """
+        if self.paired is None and other.paired is None:
+            return statistics.median(mine / theirs for mine, theirs in zip(self.times, other.times, strict=True))
+        if other.paired is None:  # other is the paired column
+            return statistics.median(mine / theirs for mine, theirs in zip(self.times, self.paired or (), strict=True))
+        if self.paired is None:
+            return 1 / other.ratio_to(self)
+        mine = (time / partner for time, partner in zip(self.times, self.paired, strict=True))
+        theirs = (time / partner for time, partner in zip(other.times, other.paired, strict=True))
+        return statistics.median(a / b for a, b in zip(mine, theirs, strict=True))
 
 
 class Marked(nn.Module):

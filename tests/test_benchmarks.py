@@ -5,6 +5,8 @@ Nothing here asserts a timing: timings are the benchmark's output, never a test'
 
 from __future__ import annotations
 
+import statistics
+
 import einops
 import pytest
 import torch
@@ -63,6 +65,24 @@ class TestRounds:
 
     def test_spread_is_the_interquartile_range_over_the_median(self) -> None:
         assert Rounds((5.0, 1.0, 3.0, 2.0, 4.0)).spread == 2.0 / 3.0
+
+    def test_paired_ratios_divide_by_the_neighbouring_timing(self) -> None:
+        baseline = Rounds((1.0, 1.0, 1.0, 1.0))
+        slow, fast = Rounds((4.0, 8.0), paired=(2.0, 4.0)), Rounds((1.0, 4.0), paired=(1.0, 8.0))
+        assert slow.ratio_to(baseline) == 2.0
+        assert baseline.ratio_to(slow) == 0.5
+        assert slow.ratio_to(fast) == statistics.median([2.0 / 1.0, 2.0 / 0.5])
+
+    def test_paired_timing_times_the_partner_before_every_other_call(self) -> None:
+        order: list[str] = []
+        calls = {name: (lambda name=name: order.append(name)) for name in ("base", "a", "b")}
+        measured = interleaved(calls, rounds=2, min_run_time=0.001, paired_with="base")
+        assert len(measured["base"].times) == 4
+        assert measured["a"].paired is not None and len(measured["a"].paired) == 2
+        assert measured["base"].paired is None
+        runs = [name for index, name in enumerate(order) if index == 0 or order[index - 1] != name]
+        assert runs.count("base") == 4
+        assert all(runs[index - 1] == "base" for index, name in enumerate(runs) if name != "base")
 
     def test_interleaved_times_every_call_every_round(self) -> None:
         calls = {"a": lambda: None, "b": lambda: None}
