@@ -9,7 +9,6 @@ outlive the copy.
 from __future__ import annotations
 
 import functools
-import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 import torch.utils.checkpoint
 
-from ._errors import FoldError, format_message
+from ._errors import FoldError, format_message, positive_int
 from ._guards import batch_statistics
 from ._tree import TreeSpec, flatten, leaf_paths, unflatten
 
@@ -65,11 +64,8 @@ class Execution:
             FoldError: a keyword has a value of the wrong kind.
         """
         if chunk_size is not None:
-            try:
-                size = operator.index(chunk_size)
-            except TypeError:
-                size = 0
-            if isinstance(chunk_size, bool) or size < 1:
+            size = positive_int(chunk_size)
+            if size is None:
                 raise FoldError(
                     format_message(
                         f"chunk_size must be a positive int (rows of the folded batch per call), not {chunk_size!r}.",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 
 from einops import EinopsError
 
-__all__ = ["FoldError", "format_message"]
+__all__ = ["FoldError", "format_message", "positive_int"]
 
 
 class FoldError(EinopsError):
@@ -28,6 +29,15 @@ class FoldError(EinopsError):
         >>> issubclass(foldaxes.FoldError, einops.EinopsError)
         True
     """
+
+
+def positive_int(value: object) -> int | None:
+    """``value`` as an int when it is a positive integer (``bool`` is not); ``None`` otherwise."""
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+    return None if isinstance(value, bool) or number < 1 else number
 
 
 def format_message(

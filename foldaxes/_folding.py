@@ -6,14 +6,13 @@
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from ._chunks import MASK, SAMPLE_LENGTHS, Execution, Rows, check_batch_statistics, run_rows, valid_rows
-from ._errors import FoldError, format_message
+from ._errors import FoldError, format_message, positive_int
 from ._expanded import call_repeated, find_repeats, has_zero_stride
 from ._guards import per_copy_randomness
 from ._pattern import ELLIPSIS, parse_pattern, parse_rule
@@ -72,7 +71,7 @@ class Folding:
         self.execution = execution or Execution()
         self.sample_axis = sample_axis
         self.axes_text = "(" + " ".join("..." if a == ELLIPSIS else a for a in self.group_axes or ()) + ")"
-        self._check_execution(out)
+        self._check_execution()
         self._flatten_spans: dict[int, tuple[int, int] | None] = {}
         self._fast = self.single and out is None and self.execution.plain
         self._repeatable = out is None and bool(self.group_axes)
@@ -219,30 +218,29 @@ class Folding:
         return None
 
     def _check_maskable(self) -> None:
-        if not self.group_axes or self.outputs.out is not None:
-            what = "with out=" if self.group_axes else "when the pattern folds no axes"
-            raise FoldError(
-                format_message(
-                    f"{MASK} and {SAMPLE_LENGTHS} cannot be used {what}: the valid rows are gathered from the "
-                    "folded group and scattered back at the folded dim of each output.",
-                    pattern=self.pattern,
-                    hint="Use the default unfold (no out=) and rearrange the result afterwards.",
-                )
+        self._require_default_unfold(
+            f"{MASK} and {SAMPLE_LENGTHS}",
+            "the valid rows are gathered from the folded group and scattered back at the folded dim of each output.",
+        )
+
+    def _check_execution(self) -> None:
+        if self.execution.chunk_size is not None:
+            self._require_default_unfold(
+                "chunk_size", "the outputs of the chunks are put together at the folded dim of each output."
             )
 
-    def _check_execution(self, out: OutSpec) -> None:
-        if self.execution.chunk_size is None:
+    def _require_default_unfold(self, feature: str, why: str) -> None:
+        """Refuses ``feature`` with ``out=``, or for a pattern that folds nothing: it needs the folded dim."""
+        if self.group_axes and self.outputs.out is None:
             return
-        if not self.group_axes or out is not None:
-            what = "with out=" if self.group_axes else "when the pattern folds no axes"
-            raise FoldError(
-                format_message(
-                    f"chunk_size cannot be used {what}: the outputs of the chunks are put together at the folded "
-                    "dim of each output.",
-                    pattern=self.pattern,
-                    hint="Use the default unfold (no out=) and rearrange the result afterwards.",
-                )
+        what = "with out=" if self.group_axes else "when the pattern folds no axes"
+        raise FoldError(
+            format_message(
+                f"{feature} cannot be used {what}: {why}",
+                pattern=self.pattern,
+                hint="Use the default unfold (no out=) and rearrange the result afterwards.",
             )
+        )
 
     def fold_arguments(
         self, args: Sequence[Any], kwargs: dict[str, Any]
@@ -424,11 +422,8 @@ def check_callable(fn: object, pattern: str) -> None:
 def _checked_lengths(pattern: str, lengths: Mapping[str, Any]) -> dict[str, int]:
     checked = {}
     for name, length in sorted(lengths.items()):
-        try:
-            value = operator.index(length)
-        except TypeError:
-            value = 0
-        if isinstance(length, bool) or value < 1:
+        value = positive_int(length)
+        if value is None:
             raise FoldError(
                 format_message(
                     f"The length of axis '{name}' must be a positive int, not {length!r}.",

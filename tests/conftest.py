@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 
@@ -60,6 +61,18 @@ def assert_exact(actual: Any, expected: Any, tolerance: float = 1e-12) -> None:
     assert len(actual) == len(expected)
     for a, e in zip(actual, expected, strict=True):
         assert_exact(a, e, tolerance)
+
+
+class Fuse(nn.Module):
+    """Two inputs of different ranks in, one output: frames (N, 3, H, W) and features (N, 5) -> (N, 4)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.proj = nn.Linear(5, 4)
+
+    def forward(self, frames: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        return self.conv(frames).mean((2, 3)) + self.proj(audio)  # type: ignore[no-any-return]
 
 
 def allocations(fn: Callable[[], Any]) -> tuple[Any, list[int]]:

@@ -14,7 +14,7 @@ from typing import Any
 import einops
 import pytest
 import torch
-from conftest import assert_exact
+from conftest import Fuse, assert_exact
 from torch import nn
 
 from foldaxes import Distribute, TimeDistributed
@@ -25,18 +25,6 @@ LSTM_EXPORT_WARNING = "ignore:The tensor attributes .*_flat_weights.* were assig
 
 def cnn() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-
-
-class Fuse(nn.Module):
-    """Two inputs of different ranks in, one output: for the multi-operand patterns."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)
-        self.proj = nn.Linear(5, 4)
-
-    def forward(self, frames: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-        return self.conv(frames).mean((2, 3)) + self.proj(audio)
 
 
 class Split(nn.Module):

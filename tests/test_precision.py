@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import allocations, assert_exact, loop_reference
+from conftest import Fuse, allocations, assert_exact, loop_reference
 from torch import nn
 
 from foldaxes import Distribute, TimeDistributed
@@ -31,16 +31,6 @@ class Recorder(nn.Module):
         y = self.inner(x)
         self.seen.append((x, y))
         return y
-
-
-class Fuse(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)
-        self.proj = nn.Linear(5, 4)
-
-    def forward(self, frames: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-        return self.conv(frames).mean((2, 3)) + self.proj(audio)
 
 
 # (make the wrapped model, make its inputs, fold the inputs by hand)
