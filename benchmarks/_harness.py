@@ -51,8 +51,8 @@ def interleaved(
         calls: The columns, each a call without arguments.
         rounds: How many rounds.
         min_run_time: Minimum run time of one column in one round, in seconds.
-        paired_with: A column to time again right before each other column, for calls long enough (tenths of
-            a second) that a round spans many seconds: each ratio then compares two neighbouring timings.
+        paired_with: A column to time again right before each other column, for calls long enough that a
+            round spans seconds: each ratio then compares two neighbouring timings.
     """
     names = list(calls)
     samples: dict[str, list[float]] = {name: [] for name in names}

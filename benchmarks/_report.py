@@ -102,7 +102,7 @@ def compiled_details(result: CompiledResult) -> list[str]:
 
 def construction_details(result: ConstructionResult) -> list[str]:
     return [
-        "| measure | median us |",
+        "| measure | us (best of 5 blocks' medians) |",
         "|---|---|",
         f"| build a Distribute, new pattern text | {result.build_new_pattern * 1e6:.1f} |",
         f"| build a Distribute, pattern seen before | {result.build_cached_pattern * 1e6:.1f} |",

@@ -20,7 +20,7 @@ from ._harness import Footprint, Marked, Rounds, footprint, interleaved, rounds_
 
 CONV_PATTERN = "b t c h w -> (b t) c h w"
 CONV_FOLDS = Folds(CONV_PATTERN)
-SLOW_CALL = 0.05  # seconds
+SLOW_CALL = 0.001  # seconds: calls this long are paired with the hand-written fold
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ def run(workload: Workload, rounds: int | None, min_run_time: float, budget: flo
             call()  # warm-up: first-call costs are workload H's business
         start = time.perf_counter()
         calls[HAND_WRITTEN]()
-        # Calls of tenths of a second make a round last many seconds; pairing keeps each ratio's timings close.
+        # A round of calls of milliseconds lasts seconds; pairing keeps each ratio's two timings close together.
         paired = HAND_WRITTEN if time.perf_counter() - start > SLOW_CALL else None
         rounds = rounds or rounds_within(budget / (2 if paired else 1), calls, min_run_time, 3 if budget < 5 else 9)
         result = Result(workload, interleaved(calls, rounds, min_run_time, paired))
