@@ -28,7 +28,7 @@ here, with the card and the date, once it has run."""
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smaller time budget: under 2 minutes in all")
-    parser.add_argument("--budget", type=float, help="seconds of timing per workload (default 12, quick 3)")
+    parser.add_argument("--budget", type=float, help="seconds of timing per workload (default 12, quick 2)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds per workload (default: what fits the budget)")
     parser.add_argument("--seconds", type=float, default=0.02, help="minimum run time of a column per round")
     parser.add_argument("--only", help="comma-separated workload keys, e.g. A-Linear,B,G,H,R (default: all)")
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     rounds, seconds = args.rounds, args.seconds
-    budget = args.budget or (3.0 if args.quick else 12.0)
+    budget = args.budget or (2.0 if args.quick else 12.0)
     only = set(args.only.split(",")) if args.only else None
 
     def wanted(key: str) -> bool:
