@@ -1,6 +1,6 @@
 """Runs a module over the rows of a folded batch in chunks, checkpointed, or over only the valid rows.
 
-The caller has folded the arguments; ``Rows`` says which of them carry the folded rows, and at which dim.
+``call_rows`` takes a folded call; ``Rows`` says which of its arguments carry the folded rows, and at which dim.
 ``run_rows`` calls the module on slices of those rows (a view each, or a gather of the valid ones) and writes each
 call's outputs into one tensor per output leaf: a copy of the outputs, made once, so that no chunk's outputs
 outlive the copy.
@@ -9,83 +9,22 @@ outlive the copy.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.utils.checkpoint
 
-from ._errors import FoldError, format_message, positive_int
-from ._guards import batch_statistics
+from ._compiled import FoldedCall
+from ._errors import fold_error
+from ._execution import Execution, why_partial
+from ._guards import check_batch_statistics
+from ._masks import RowSelection
+from ._plan import product
 from ._tree import TreeSpec, flatten, leaf_paths, unflatten
 
-__all__ = ["MASK", "SAMPLE_LENGTHS", "Execution", "Rows", "run_rows", "valid_rows"]
-
-MASK = "fold_mask"
-"""The call-time keyword that marks the valid rows of a padded input; consumed, never passed to the module."""
-SAMPLE_LENGTHS = "fold_lengths"
-"""The call-time keyword that gives per-sample lengths instead of a mask; consumed as well."""
-
-
-@dataclass(frozen=True)
-class Execution:
-    """How the module is run over the folded rows; the defaults run it once, on every row.
-
-    Attributes:
-        chunk_size: Rows per module call, or ``None`` for one call.
-        checkpoint: Whether each call is checkpointed (when gradients are enabled).
-        fill_value: What the rows left out by a mask are filled with in the outputs.
-        allow_batch_statistics: Whether a BatchNorm that uses batch statistics may see part of the batch.
-    """
-
-    chunk_size: int | None = None
-    checkpoint: bool = False
-    fill_value: float = 0.0
-    allow_batch_statistics: bool = False
-
-    @property
-    def plain(self) -> bool:
-        """Whether every call runs the module once, unchecked, on all rows (unless a mask is given)."""
-        return self.chunk_size is None and not self.checkpoint
-
-    @classmethod
-    def checked(
-        cls,
-        pattern: str,
-        chunk_size: int | None,
-        checkpoint: bool,
-        fill_value: float,
-        allow_batch_statistics: bool,
-    ) -> Execution:
-        """Validates the keywords of a wrapper.
-
-        Raises:
-            FoldError: a keyword has a value of the wrong kind.
-        """
-        if chunk_size is not None:
-            size = positive_int(chunk_size)
-            if size is None:
-                raise FoldError(
-                    format_message(
-                        f"chunk_size must be a positive int (rows of the folded batch per call), not {chunk_size!r}.",
-                        pattern=pattern,
-                        hint="Pass for example chunk_size=64, or None to run the module once.",
-                    )
-                )
-            chunk_size = size
-        for name, flag in [("checkpoint", checkpoint), ("allow_batch_statistics", allow_batch_statistics)]:
-            if flag not in (True, False):
-                raise FoldError(format_message(f"{name} must be True or False, not {flag!r}.", pattern=pattern))
-        if isinstance(fill_value, bool) or not isinstance(fill_value, int | float):
-            raise FoldError(
-                format_message(
-                    f"fill_value must be a number, not {type(fill_value).__name__} ({fill_value!r}).",
-                    pattern=pattern,
-                    hint="It fills the rows that a mask leaves out, for example fill_value=0.0 or float('nan').",
-                )
-            )
-        return cls(chunk_size, bool(checkpoint), fill_value, bool(allow_batch_statistics))
+__all__ = ["Rows", "call_rows", "run_rows"]
 
 
 @dataclass(frozen=True)
@@ -104,128 +43,48 @@ class Rows:
     dim: int
 
 
-def valid_rows(
-    mask: Any,
-    lengths: Any,
-    group_sizes: Sequence[int],
-    axes: str,
-    sample_axis: int,
+def call_rows(
+    fn: Callable[..., Any],
+    call: FoldedCall,
+    execution: Execution,
+    selection: RowSelection | None,
     pattern: str,
-) -> torch.Tensor | None:
-    """The indices of the valid rows among the folded rows, or ``None`` when every row is valid.
+    group_text: str,
+) -> Any:
+    """Calls ``fn`` on a folded call's rows as ``execution`` and ``selection`` say; returns the folded outputs.
 
     Args:
-        mask: A bool tensor of the folded group's shape, or ``None``.
-        lengths: Per-sample lengths (a 1-D integer tensor or a sequence of ints) for a two-axis group, or ``None``.
-        group_sizes: The sizes of the folded group's axes, in group order.
-        axes: The folded group as written, such as ``"(b t)"``, for messages.
-        sample_axis: The axis of the group that ``lengths`` has one entry per; the other one is the time axis.
+        fn: The module.
+        call: The folded call.
+        execution: Chunks, checkpointing and the fill value.
+        selection: The valid rows, or ``None`` for all of them.
         pattern: For messages.
+        group_text: The folded group as written, such as ``"(b t)"``, for messages.
 
     Raises:
-        FoldError: both or neither are given, or what is given does not fit the folded group.
+        FoldError: the mask or lengths do not fit, the module computes batch statistics, an argument folds other
+            axes than the folded group, or the outputs cannot be put together.
     """
-    shape = tuple(int(size) for size in group_sizes)
-    if mask is not None and lengths is not None:
-        raise FoldError(
-            format_message(
-                f"Both {MASK} and {SAMPLE_LENGTHS} were given; they say the same thing two ways.",
-                pattern=pattern,
-                hint=f"Pass one: {MASK} for any pattern of valid rows, {SAMPLE_LENGTHS} for a prefix of each sample.",
-            )
+    valid = None
+    if selection is not None:
+        valid = selection.valid_rows(call.group_sizes, group_text, execution.sample_axis, pattern)
+    why = why_partial(execution, selection is not None)
+    if why is not None:
+        check_batch_statistics(fn, execution.allow_batch_statistics, why, pattern)
+    if call.dim is None:  # nothing is folded: only checkpointing applies
+        return run_rows(fn, list(call.args), call.kwargs, Rows((), 1, 0), execution, pattern)
+    if call.other_group is not None and (selection is not None or execution.chunk_size is not None):
+        label, rule = call.other_group
+        axes = rule.operand.group_axes
+        raise fold_error(
+            f"{label} folds other axes than the folded group {group_text}, so its rows cannot be chunked or masked "
+            "like the others'.",
+            pattern=rule.pattern,
+            span=None if not axes else rule.operand.span("rhs", axes[0]),
+            hint="Fold the same axes in every operand, or run without chunk_size and fold_mask.",
         )
-    if lengths is not None:
-        mask = _lengths_mask(lengths, shape, axes, sample_axis, pattern)
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        found = f"a {mask.dtype} tensor" if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise FoldError(
-            format_message(
-                f"{MASK} must be a bool tensor over the folded axes {axes}, not {found}.",
-                pattern=pattern,
-                shapes=[(f"folded axes {axes}", shape)],
-                hint=f"Pass for example lengths[:, None] > torch.arange(t), or per-sample lengths as {SAMPLE_LENGTHS}.",
-            )
-        )
-    if tuple(mask.shape) != shape:
-        raise FoldError(
-            format_message(
-                f"{MASK} has shape {tuple(mask.shape)}, but the folded axes {axes} have shape {shape}.",
-                pattern=pattern,
-                shapes=[(MASK, mask.shape), (f"folded axes {axes}", shape)],
-                hint="Give the mask the sizes of the folded axes, in the order the folded group lists them.",
-            )
-        )
-    index = mask.reshape(-1).nonzero().flatten()
-    return None if index.numel() == mask.numel() else index
-
-
-def _lengths_mask(lengths: Any, shape: tuple[int, ...], axes: str, sample_axis: int, pattern: str) -> torch.Tensor:
-    if len(shape) != 2:
-        raise FoldError(
-            format_message(
-                f"{SAMPLE_LENGTHS} needs a folded group of two axes (sample and time), but {axes} has {len(shape)}.",
-                pattern=pattern,
-                shapes=[(f"folded axes {axes}", shape)],
-                hint=f"Pass {MASK}, a bool tensor of shape {shape}, instead.",
-            )
-        )
-    samples, steps = shape[sample_axis], shape[1 - sample_axis]
-    try:
-        values = torch.as_tensor(lengths)
-    except (TypeError, ValueError, RuntimeError):
-        values = None
-    if values is None or values.dtype == torch.bool or values.dtype.is_floating_point or values.is_complex():
-        raise FoldError(
-            format_message(
-                f"{SAMPLE_LENGTHS} must be integers, one per sample, not {type(lengths).__name__} {lengths!r}.",
-                pattern=pattern,
-                hint=f"Pass a 1-D integer tensor or a list of {samples} ints.",
-            )
-        )
-    if values.shape != (samples,):
-        raise FoldError(
-            format_message(
-                f"{SAMPLE_LENGTHS} has shape {tuple(values.shape)}, but there are {samples} samples "
-                f"(axis {sample_axis} of the folded axes {axes}).",
-                pattern=pattern,
-                shapes=[(SAMPLE_LENGTHS, values.shape), (f"folded axes {axes}", shape)],
-                hint=f"Give one length per sample, each between 0 and {steps}.",
-            )
-        )
-    if bool(((values < 0) | (values > steps)).any()):
-        raise FoldError(
-            format_message(
-                f"{SAMPLE_LENGTHS} must lie between 0 and {steps} (the time axis), but it is {values.tolist()}.",
-                pattern=pattern,
-                shapes=[(f"folded axes {axes}", shape)],
-                hint="Correct the lengths, or check which axis of the group is time.",
-            )
-        )
-    steps_range = torch.arange(steps, device=values.device)
-    if sample_axis == 0:
-        return steps_range < values[:, None]
-    return steps_range[:, None] < values[None, :]
-
-
-def check_batch_statistics(fn: Any, execution: Execution, why: str, pattern: str) -> None:
-    """Refuses a BatchNorm that uses batch statistics when the module will see only part of the folded batch.
-
-    Raises:
-        FoldError: there is one, and ``allow_batch_statistics`` is off.
-    """
-    if execution.allow_batch_statistics:
-        return
-    found = batch_statistics(fn)
-    if found is not None:
-        raise FoldError(
-            format_message(
-                f"The module's {found} normalises with the statistics of the batch it is given, but {why}: its "
-                "results, and its running averages, would differ from one call on the whole folded batch.",
-                pattern=pattern,
-                hint="Call .eval() on the module first (running statistics treat rows independently), or pass "
-                "allow_batch_statistics=True to the wrapper to accept statistics over each part.",
-            )
-        )
+    rows = Rows(call.row_slots, product(call.group_sizes), call.dim)
+    return run_rows(fn, list(call.args), call.kwargs, rows, execution, pattern, valid)
 
 
 def run_rows(
@@ -300,13 +159,11 @@ class _Collector:
                     leaf = self._allocate(leaf)
                 self.leaves.append(leaf)
         elif spec != self.spec:
-            raise FoldError(
-                format_message(
-                    f"The module returned differently structured outputs for rows {start} to {start + count - 1} "
-                    "than for the first rows, so they cannot be put together.",
-                    pattern=self.pattern,
-                    hint="Return the same structure for any rows, or run the module in one call (no chunk_size).",
-                )
+            raise fold_error(
+                f"The module returned differently structured outputs for rows {start} to {start + count - 1} "
+                "than for the first rows, so they cannot be put together.",
+                pattern=self.pattern,
+                hint="Return the same structure for any rows, or run the module in one call (no chunk_size).",
             )
         for position, (leaf, out) in enumerate(zip(leaves, self.leaves, strict=True)):
             if not isinstance(leaf, torch.Tensor):
@@ -345,14 +202,12 @@ class _Collector:
         # The outputs are not kept, since they would hold a chunk's memory: a copy of the structure names the leaf.
         skeleton = unflatten(list(range(leaves)), spec)
         path = "the output" if isinstance(skeleton, int) else "output " + leaf_paths(skeleton)[position]
-        raise FoldError(
-            format_message(
-                f"{path[0].upper() + path[1:]} cannot be put together from the rows the module ran on: it has {what}.",
-                pattern=self.pattern,
-                shapes=[(path, leaf.shape)],
-                hint="chunk_size, fold_mask and fold_lengths need every output tensor to have one row per input "
-                "row at the folded dim, and the same other sizes for any rows; run such a module without them.",
-            )
+        raise fold_error(
+            f"{path[0].upper() + path[1:]} cannot be put together from the rows the module ran on: it has {what}.",
+            pattern=self.pattern,
+            shapes=[(path, leaf.shape)],
+            hint="chunk_size, fold_mask and fold_lengths need every output tensor to have one row per input "
+            "row at the folded dim, and the same other sizes for any rows; run such a module without them.",
         )
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from einops import EinopsError
 
-__all__ = ["FoldError", "format_message", "positive_int"]
+__all__ = ["FoldError", "fold_error", "format_message", "format_shape", "positive_int", "shown"]
 
 
 class FoldError(EinopsError):
@@ -31,6 +31,19 @@ class FoldError(EinopsError):
     """
 
 
+def shown(value: object, typed: bool = False) -> str:
+    """``value`` as a message shows it: a tensor or array by its type, dtype and shape, never its values.
+
+    Other values are shown by their ``repr`` (shortened), after their type's name when ``typed``.
+    """
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is not None and dtype is not None:
+        return f"a {type(value).__name__} of dtype {dtype} and shape {format_shape(shape)}"
+    text = repr(value)
+    text = text if len(text) <= 80 else text[:77] + "..."
+    return f"{type(value).__name__} ({text})" if typed else text
+
+
 def positive_int(value: object) -> int | None:
     """``value`` as an int when it is a positive integer (``bool`` is not); ``None`` otherwise."""
     try:
@@ -40,10 +53,27 @@ def positive_int(value: object) -> int | None:
     return None if isinstance(value, bool) or number < 1 else number
 
 
+def fold_error(
+    what: str,
+    *,
+    pattern: str | None,
+    span: tuple[int, int] | None = None,
+    shapes: Iterable[tuple[str, Sequence[int]]] = (),
+    sizes: Mapping[str, int] | None = None,
+    given: Mapping[str, int] | None = None,
+    hint: str | None = None,
+) -> FoldError:
+    """A ``FoldError`` whose message says what is wrong, shows the pattern with a caret under ``span``, the shapes
+    and axis sizes involved, and what to do (``hint``)."""
+    return FoldError(
+        format_message(what, pattern=pattern, span=span, shapes=shapes, sizes=sizes, given=given, hint=hint)
+    )
+
+
 def format_message(
     what: str,
     *,
-    pattern: str,
+    pattern: str | None,
     span: tuple[int, int] | None = None,
     shapes: Iterable[tuple[str, Sequence[int]]] = (),
     sizes: Mapping[str, int] | None = None,
@@ -51,11 +81,11 @@ def format_message(
     hint: str | None = None,
 ) -> str:
     """Lays out a message: what is wrong, the pattern with a caret, the shapes and sizes, what to do."""
-    lines = [what, f"  pattern: {pattern}"]
+    lines = [what] if pattern is None else [what, f"  pattern: {pattern}"]
     if span is not None:
         start, end = span
         lines.append("           " + " " * start + "^" * max(end - start, 1))
-    lines.extend(f"  {label}: shape {_shape(shape)}" for label, shape in shapes)
+    lines.extend(f"  {label}: shape {format_shape(shape)}" for label, shape in shapes)
     if sizes:
         lines.append("  axis sizes: " + ", ".join(f"{name}={size}" for name, size in sizes.items()))
     if given:
@@ -65,7 +95,8 @@ def format_message(
     return "\n".join(lines)
 
 
-def _shape(shape: Sequence[int]) -> str:
+def format_shape(shape: Sequence[int]) -> str:
+    """A shape as messages show it: ``(2, 3)``, with symbolic or ragged sizes as torch prints them."""
     return str(tuple(_size(size) for size in shape))
 
 

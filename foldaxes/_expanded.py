@@ -1,38 +1,39 @@
-"""Inputs repeated along a folded axis (stride 0, as ``expand`` makes them): run one copy, expand the output.
+"""Rows repeated along a folded axis (stride 0, as ``expand`` makes them), computed once when the wrapper asks.
 
-When every tensor that carries the folded rows has stride 0 on the same folded axis, all its slices along that
-axis are the same tensor, and a module that treats rows independently returns the same rows for each. So the
-module runs on one slice (``narrow(dim, 0, 1)``, a view) and each output is expanded back along that axis: a view
-with stride 0, which is exact, and whose backward sums over the copies as the dense call's would.
+When every tensor that carries the folded rows has stride 0 on the same folded axis, all its slices along that axis
+are the same tensor. A module that computes each row from that row alone, and draws no random numbers, returns the
+same rows for each; so with ``compute_repeats_once=True`` the module runs on one slice (``narrow(dim, 0, 1)``, a
+view) and each output is expanded back along that axis: a view with stride 0, whose backward sums over the copies
+as the dense call's would.
+
+Only the dense call is exact for every module (one that mixes rows, or samples noise, is not row-wise), so this is
+opt-in, and guarded: torch's Dropout and BatchNorm layers that would make copies differ send the call to the dense
+path before it runs, and a call that draws from torch's default generators all the same raises a ``FoldError``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
-from ._errors import FoldError
+from ._compiled import FoldedCall, Key, TensorArgument
+from ._errors import FoldError, fold_error
+from ._guards import per_copy_randomness, random_state
 from ._pattern import ELLIPSIS
 from ._tree import flatten, unflatten
+from ._unfold import OutputRules
 
-if TYPE_CHECKING:
-    from ._folding import Folding
-
-__all__ = ["Repeats", "call_repeated", "find_repeats", "has_zero_stride"]
+__all__ = ["Repeats", "find_repeats", "has_zero_stride"]
 
 
 def has_zero_stride(x: torch.Tensor, span: tuple[int, int]) -> bool:
-    """Whether dims ``span[0]`` to ``span[1]`` of ``x`` may repeat (or ``x`` is not a dense tensor at all)."""
-    if x.is_nested or x.layout != torch.strided:
-        return True  # the general path folds it or says what is wrong
-    return 0 in x.stride()[span[0] : span[1] + 1]
+    """Whether dims ``span[0]`` to ``span[1]`` of the dense tensor ``x`` may repeat."""
+    return not x.is_contiguous() and 0 in x.stride()[span[0] : span[1] + 1]
 
 
-@dataclass(frozen=True)
-class Repeats:
+class Repeats(NamedTuple):
     """Which folded axes repeat in every tensor that carries the folded rows.
 
     Attributes:
@@ -40,33 +41,88 @@ class Repeats:
         positions: The positions in the folded group of the repeated axes.
         sizes: Their sizes.
         names: Their names, for messages.
+        devices: The devices of those tensors, whose generators a draw would change.
     """
 
-    narrow: tuple[tuple[int | str, tuple[int, ...]], ...]
+    narrow: tuple[tuple[Key, tuple[int, ...]], ...]
     positions: tuple[int, ...]
     sizes: tuple[int, ...]
     names: tuple[str, ...]
+    devices: tuple[torch.device, ...]
+
+    def narrowed(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+        """The call's arguments with one copy of each repeated axis: views of size 1 there."""
+        call_args, call_kwargs = list(args), dict(kwargs)
+        for key, dims in self.narrow:
+            x = call_args[key] if isinstance(key, int) else call_kwargs[key]
+            for input_dim in dims:
+                x = x.narrow(input_dim, 0, 1)
+            if isinstance(key, int):
+                call_args[key] = x
+            else:
+                call_kwargs[key] = x
+        return call_args, call_kwargs
+
+    def check_no_draws(self, before: list[torch.Tensor], pattern: str) -> None:
+        """Raises when the default generators moved since ``before``: a draw that every copy would share.
+
+        Raises:
+            FoldError: a generator's state changed.
+        """
+        after = random_state(self.devices)
+        if all(torch.equal(old, new) for old, new in zip(before, after, strict=True)):
+            return
+        raise fold_error(
+            f"The module drew random numbers while it computed the rows repeated along {', '.join(self.names)} "
+            "once (a default torch generator advanced), so every copy would share one draw.",
+            pattern=pattern,
+            hint="Leave compute_repeats_once off (the default computes every copy), or call the module in a mode "
+            "that draws nothing, for example after .eval().",
+        )
+
+    def unfold(self, outputs: OutputRules, result: Any, call: FoldedCall) -> Any:
+        """Unfolds the outputs of the one-copy call, and expands each back along the repeated axes."""
+        dim = call.dim
+        assert dim is not None
+        try:
+            unfolded = outputs.unfold(result, dim, call.group_sizes)
+        except FoldError as error:
+            raise FoldError(
+                f"{error}\n  The input repeats (stride 0) along {', '.join(self.names)}, so the module ran on one "
+                "copy, which the sizes above show as 1."
+            ) from None
+        if isinstance(unfolded, torch.Tensor):
+            return self._expand(unfolded, dim)
+        leaves, spec = flatten(unfolded)
+        return unflatten([self._expand(leaf, dim) if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves], spec)
+
+    def _expand(self, leaf: torch.Tensor, dim: int) -> torch.Tensor:
+        """``leaf`` expanded back along the repeated axes, which the unfold put at ``dim`` onwards with size 1."""
+        shape = list(leaf.shape)
+        for position, size in zip(self.positions, self.sizes, strict=True):
+            shape[dim + position] = size
+        return leaf.expand(shape)
 
 
-def find_repeats(folding: Folding, args: Sequence[Any], kwargs: dict[str, Any]) -> Repeats | None:
-    """The folded axes along which every tensor that carries the folded rows has stride 0, or ``None``.
+def find_repeats(
+    fn: Callable[..., Any],
+    arguments: Sequence[TensorArgument],
+    group_axes: tuple[str, ...] | None,
+    lengths: Mapping[str, int],
+) -> Repeats | None:
+    """The folded axes along which every tensor that carries the folded rows has stride 0, when ``fn`` may run once.
 
     An axis counts only where it stands alone in an input dim, has more than one element, and has no length
-    given as a keyword. Any contiguous positional tensor, or one of a tensor subclass, ends the search early:
-    this is the cost the general path pays.
+    given as a keyword. ``None`` when there is none, or when ``fn`` carries a layer whose copies would differ.
     """
-    for arg in args:
-        # A subclass (a nested tensor) is not searched: its is_contiguous() alone can cost more than a fold.
-        if isinstance(arg, torch.Tensor) and (type(arg) is not torch.Tensor or arg.is_contiguous()):
-            return None
     common: set[int] | None = None
     sizes: dict[int, int] = {}
     names: Sequence[str] = ()
-    found: list[tuple[int | str, dict[int, int]]] = []
-    for key, label, rule, x in folding.operands(args, kwargs):
+    found: list[tuple[Key, dict[int, int]]] = []
+    for key, label, rule, x in arguments:
         if rule.operand.group_axes is None:
             continue
-        if rule.operand.group_axes != folding.group_axes or x.is_nested or x.layout != torch.strided:
+        if rule.operand.group_axes != group_axes or x.is_nested or x.layout != torch.strided or x.is_contiguous():
             return None
         plan = rule.plan(x, label)
         assert plan.group is not None
@@ -77,7 +133,7 @@ def find_repeats(folding: Folding, args: Sequence[Any], kwargs: dict[str, Any]) 
         repeated = {
             position: dims[name]
             for position, name in enumerate(order[plan.group[0] : plan.group[1]])
-            if name in dims and name not in folding.lengths and strides[dims[name]] == 0 and shape[dims[name]] > 1
+            if name in dims and name not in lengths and strides[dims[name]] == 0 and shape[dims[name]] > 1
         }
         for position, dim in repeated.items():
             if sizes.setdefault(position, shape[dim]) != shape[dim]:
@@ -86,7 +142,7 @@ def find_repeats(folding: Folding, args: Sequence[Any], kwargs: dict[str, Any]) 
         if not common:
             return None
         found.append((key, repeated))
-    if not common:
+    if not common or per_copy_randomness(fn) is not None:
         return None
     positions = tuple(sorted(common))
     return Repeats(
@@ -94,42 +150,5 @@ def find_repeats(folding: Folding, args: Sequence[Any], kwargs: dict[str, Any]) 
         positions=positions,
         sizes=tuple(sizes[p] for p in positions),
         names=tuple("..." if names[p].startswith(ELLIPSIS) else names[p] for p in positions),
+        devices=tuple(argument.tensor.device for argument in arguments),
     )
-
-
-def call_repeated(
-    folding: Folding, fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any], repeats: Repeats
-) -> Any:
-    """Runs ``fn`` on one copy of the repeated axes and returns its unfolded outputs expanded along them."""
-    call_args, call_kwargs = list(args), dict(kwargs)
-    for key, dims in repeats.narrow:
-        x = call_args[key] if isinstance(key, int) else call_kwargs[key]
-        for input_dim in dims:
-            x = x.narrow(input_dim, 0, 1)
-        if isinstance(key, int):
-            call_args[key] = x
-        else:
-            call_kwargs[key] = x
-    folded = folding.fold_arguments(call_args, call_kwargs)
-    result = folding.run(fn, call_args, call_kwargs, folded)
-    dim, group_sizes = folded[2], folded[3]
-    assert dim is not None
-    try:
-        unfolded = folding.outputs.unfold(result, dim, group_sizes)
-    except FoldError as error:
-        raise FoldError(
-            f"{error}\n  The input repeats (stride 0) along {', '.join(repeats.names)}, so the module ran on one "
-            "copy, which the sizes above show as 1."
-        ) from None
-    if isinstance(unfolded, torch.Tensor):
-        return _expand(unfolded, dim, repeats)
-    leaves, spec = flatten(unfolded)
-    return unflatten([_expand(leaf, dim, repeats) if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves], spec)
-
-
-def _expand(leaf: torch.Tensor, dim: int, repeats: Repeats) -> torch.Tensor:
-    """``leaf`` expanded back along the repeated axes, which the unfold put at ``dim`` onwards with size 1."""
-    shape = list(leaf.shape)
-    for position, size in zip(repeats.positions, repeats.sizes, strict=True):
-        shape[dim + position] = size
-    return leaf.expand(shape)

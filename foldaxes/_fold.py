@@ -10,9 +10,10 @@ from typing import Any, TypeVar, overload
 import torch
 
 from ._cache import bounded_cache
-from ._chunks import Execution
-from ._errors import FoldError, format_message
-from ._folding import Folding, check_callable
+from ._call import Caller, check_callable
+from ._compiled import CompiledPattern
+from ._errors import fold_error, shown
+from ._execution import Execution
 from ._pattern import ELLIPSIS
 from ._unfold import OutputRules, OutSpec
 
@@ -47,8 +48,8 @@ class FoldSpec:
 
 
 @bounded_cache(256)
-def _folding(pattern: str, lengths: tuple[tuple[str, int], ...]) -> Folding:
-    return Folding(pattern, lengths=dict(lengths))
+def _compiled(pattern: str, lengths: tuple[tuple[str, int], ...]) -> CompiledPattern:
+    return CompiledPattern(pattern, lengths=dict(lengths))
 
 
 @bounded_cache(256)
@@ -97,21 +98,19 @@ def fold(
         torch.Size([2, 8, 4, 30, 30])
     """
     lengths = tuple(sorted(axes_lengths.items()))
-    folding = _folding(pattern, lengths)
+    compiled = _compiled(pattern, lengths)
     single = isinstance(x, torch.Tensor)
     if not single and not (isinstance(x, Sequence) and all(isinstance(t, torch.Tensor) for t in x)):
-        raise FoldError(
-            format_message(
-                f"fold takes a tensor or a sequence of tensors, not {type(x).__name__}.",
-                pattern=pattern,
-                hint="Pass the tensor first and the pattern second: fold(x, pattern).",
-            )
+        raise fold_error(
+            f"fold takes a tensor or a sequence of tensors, not {type(x).__name__}.",
+            pattern=pattern,
+            hint="Pass the tensor first and the pattern second: fold(x, pattern).",
         )
     tensors: tuple[Any, ...] = (x,) if single else tuple(x)
-    folded, _, dim, sizes = folding.fold_arguments(tensors, {})
-    axes = tuple("..." if axis == ELLIPSIS else axis for axis in folding.group_axes or ())
-    spec = FoldSpec(pattern=pattern, dim=dim, axes=axes, sizes=tuple(sizes), lengths=lengths)
-    return (folded[0] if single else tuple(folded)), spec
+    call = compiled.fold(tensors, {})
+    axes = tuple("..." if axis == ELLIPSIS else axis for axis in compiled.group_axes or ())
+    spec = FoldSpec(pattern=pattern, dim=call.dim, axes=axes, sizes=tuple(call.group_sizes), lengths=lengths)
+    return (call.args[0] if single else call.args), spec
 
 
 def unfold(y: Any, spec: FoldSpec, out: OutSpec = None) -> Any:
@@ -136,9 +135,10 @@ def unfold(y: Any, spec: FoldSpec, out: OutSpec = None) -> Any:
         torch.Size([4, 5])
     """
     if not isinstance(spec, FoldSpec):
-        raise FoldError(
-            f"unfold needs the FoldSpec that fold returned, not {type(spec).__name__} ({spec!r}).\n"
-            "  Write folded, spec = fold(x, pattern), then unfold(y, spec)."
+        raise fold_error(
+            f"unfold needs the FoldSpec that fold returned, not {shown(spec)}.",
+            pattern=None,
+            hint="Write folded, spec = fold(x, pattern), then unfold(y, spec).",
         )
     return _output_rules(spec.pattern, spec.axes, spec.lengths, out).unfold(y, spec.dim, spec.sizes)
 
@@ -155,6 +155,7 @@ def distribute(
     checkpoint: bool = False,
     fill_value: float = 0.0,
     allow_batch_statistics: bool = False,
+    compute_repeats_once: bool = False,
     **axes_lengths: int,
 ) -> Callable[[F], F]: ...
 @overload
@@ -169,6 +170,7 @@ def distribute(
     checkpoint: bool = False,
     fill_value: float = 0.0,
     allow_batch_statistics: bool = False,
+    compute_repeats_once: bool = False,
     **axes_lengths: int,
 ) -> F: ...
 def distribute(
@@ -182,6 +184,7 @@ def distribute(
     checkpoint: bool = False,
     fill_value: float = 0.0,
     allow_batch_statistics: bool = False,
+    compute_repeats_once: bool = False,
     **axes_lengths: int,
 ) -> Any:
     """Wraps a plain function so that its tensor arguments are folded and its results unfolded.
@@ -197,6 +200,7 @@ def distribute(
         checkpoint: As for ``Distribute``.
         fill_value: As for ``Distribute``.
         allow_batch_statistics: As for ``Distribute``.
+        compute_repeats_once: As for ``Distribute``.
         **axes_lengths: As for ``Distribute``.
 
     The wrapped function takes ``fold_mask`` and ``fold_lengths`` as ``Distribute`` does.
@@ -220,8 +224,10 @@ def distribute(
         >>> norm(torch.randn(2, 3, 4), fold_mask=torch.tensor([[True, True, False], [True, False, False]]))[0, 2]
         tensor([0., 0., 0., 0.])
     """
-    execution = Execution.checked(pattern, chunk_size, checkpoint, fill_value, allow_batch_statistics)
-    folding = Folding(pattern, out=out, fold_kwargs=fold_kwargs, lengths=axes_lengths, execution=execution)
+    execution = Execution.checked(
+        pattern, chunk_size, checkpoint, fill_value, allow_batch_statistics, compute_repeats_once
+    )
+    caller = Caller(CompiledPattern(pattern, out=out, fold_kwargs=fold_kwargs, lengths=axes_lengths), execution)
     check_callable(fn, pattern)
 
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -229,7 +235,7 @@ def distribute(
 
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return folding(function, args, kwargs)
+            return caller.call(function, args, kwargs)
 
         return wrapper
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from torch import nn
 
+from ._call import Caller, check_callable
 from ._checkpoint import CHILD, fqn_modifiers, hide_child_prefix
-from ._chunks import Execution
-from ._errors import FoldError, format_message
-from ._folding import Folding, check_callable
+from ._compiled import CompiledPattern
+from ._errors import fold_error, shown
+from ._execution import Execution
 from ._unfold import OutSpec
 
 __all__ = ["Distribute", "TimeDistributed"]
@@ -48,6 +50,10 @@ class Distribute(nn.Module):
         fill_value: The value of the padded rows in the outputs of a call with ``fold_mask`` or ``fold_lengths``.
         allow_batch_statistics: Let a BatchNorm that normalises with batch statistics run on part of the folded
             batch (in chunks, on the valid rows, or twice under checkpointing); without it that raises.
+        compute_repeats_once: Run the module once on rows that repeat along a folded axis (stride 0, as
+            ``expand`` makes them) and expand its outputs back, instead of on every copy. Exact only for a module
+            that computes each row from that row alone and draws no random numbers, so it is off by default; see
+            ``docs/ragged.md`` for how it is guarded. Needs the default unfold.
         **axes_lengths: Lengths of axes that cannot be read off the shapes, as in einops. ``pattern`` and
             ``module`` are positional-only, so any axis name (the keywords above aside) can be given.
 
@@ -59,9 +65,10 @@ class Distribute(nn.Module):
 
     A jagged nested tensor (``layout=torch.jagged``) whose ragged dim is folded with the batch dim
     (``"b j ... -> (b j) ..."``) is folded to its packed frames, with no padding and no copy, and every output
-    comes back jagged with the same offsets. An input that repeats along a folded axis (stride 0, as made by
-    ``expand``) runs the module on one copy, and the outputs are expanded views, unless the module has Dropout
-    or batch statistics in use. See ``docs/ragged.md``.
+    comes back jagged with the same offsets. See ``docs/ragged.md``.
+
+    An exception raised inside the module passes through unchanged, with a note (Python 3.11+) that shows how
+    the call was folded: each tensor argument's shape before and after.
 
     Raises:
         FoldError: the pattern, ``out``, ``fold_kwargs`` or an execution keyword is malformed (when built), or a
@@ -99,23 +106,31 @@ class Distribute(nn.Module):
         checkpoint: bool = False,
         fill_value: float = 0.0,
         allow_batch_statistics: bool = False,
+        compute_repeats_once: bool = False,
         **axes_lengths: int,
     ) -> None:
+        """Wraps ``module``, or makes a factory for one when it is left out; the class docstring has the arguments.
+
+        Raises:
+            FoldError: the pattern, ``out``, ``fold_kwargs`` or an execution keyword is malformed.
+        """
         super().__init__()
-        execution = Execution.checked(pattern, chunk_size, checkpoint, fill_value, allow_batch_statistics)
-        self._folding = Folding(pattern, out=out, fold_kwargs=fold_kwargs, lengths=axes_lengths, execution=execution)
+        execution = Execution.checked(
+            pattern, chunk_size, checkpoint, fill_value, allow_batch_statistics, compute_repeats_once
+        )
+        compiled = CompiledPattern(pattern, out=out, fold_kwargs=fold_kwargs, lengths=axes_lengths)
+        self._caller = Caller(compiled, execution)
         check_callable(module, pattern)
         self._out = out
         self._fold_kwargs = fold_kwargs
         self._lengths = axes_lengths
-        self._execution = execution
         self.module = module
         hide_child_prefix(self)
 
     @property
     def pattern(self) -> str:
         """The pattern as given."""
-        return self._folding.pattern
+        return self._caller.pattern.text
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Folds the tensor arguments, calls the wrapped module once, and unfolds its output."""
@@ -125,18 +140,16 @@ class Distribute(nn.Module):
             module = self.module
             if module is None:
                 return self._bind(args, kwargs)
-        return self._folding(module, args, kwargs)
+        return self._caller.call(module, args, kwargs)
 
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Distribute:
         if len(args) != 1 or kwargs or not callable(args[0]):
-            raise FoldError(
-                format_message(
-                    "This Distribute wraps no module yet: call it with the module to wrap, not with tensors.",
-                    pattern=self.pattern,
-                    hint="Write Distribute(pattern, module), or Distribute(pattern)(module).",
-                )
+            raise fold_error(
+                "This Distribute wraps no module yet: call it with the module to wrap, not with tensors.",
+                pattern=self.pattern,
+                hint="Write Distribute(pattern, module), or Distribute(pattern)(module).",
             )
-        execution = self._execution
+        execution = self._caller.execution
         return Distribute(
             self.pattern,
             args[0],
@@ -146,6 +159,7 @@ class Distribute(nn.Module):
             checkpoint=execution.checkpoint,
             fill_value=execution.fill_value,
             allow_batch_statistics=execution.allow_batch_statistics,
+            compute_repeats_once=execution.compute_repeats_once,
             **self._lengths,
         )
 
@@ -159,13 +173,15 @@ class Distribute(nn.Module):
         parts += [
             f"{key}={value!r}" for key, value in [("out", self._out), ("fold_kwargs", self._fold_kwargs)] if value
         ]
-        defaults = Execution()
+        execution, defaults = self._caller.execution, Execution()
         parts += [
-            f"{key}={getattr(self._execution, key)!r}"
-            for key in ("chunk_size", "checkpoint", "fill_value", "allow_batch_statistics")
-            if getattr(self._execution, key) != getattr(defaults, key)
+            f"{key}={getattr(execution, key)!r}"
+            for key in ("chunk_size", "checkpoint", "fill_value", "allow_batch_statistics", "compute_repeats_once")
+            if getattr(execution, key) != getattr(defaults, key)
         ]
-        if self.module is not None and not isinstance(self.module, nn.Module):
+        if self.module is None:
+            parts.append("no module yet: call it with the module to wrap")
+        elif not isinstance(self.module, nn.Module):
             parts.append(f"fn={self.module!r}")
         return ", ".join(parts)
 
@@ -190,6 +206,7 @@ class TimeDistributed(Distribute):
         checkpoint: As for ``Distribute``.
         fill_value: As for ``Distribute``.
         allow_batch_statistics: As for ``Distribute``.
+        compute_repeats_once: As for ``Distribute``.
 
     Calls take ``fold_mask`` and ``fold_lengths`` as ``Distribute`` does. ``fold_mask`` has the input's first two
     sizes, ``(B, T)`` or ``(T, B)``; ``fold_lengths`` has one length per sample (batch element) in either order,
@@ -218,23 +235,25 @@ class TimeDistributed(Distribute):
         checkpoint: bool = False,
         fill_value: float = 0.0,
         allow_batch_statistics: bool = False,
+        compute_repeats_once: bool = False,
     ) -> None:
+        """Wraps ``module`` to apply it at every time step; the class docstring has the arguments.
+
+        Raises:
+            FoldError: ``module`` is missing or not callable, or a keyword is malformed.
+        """
         pattern = "b t ... -> (b t) ..." if batch_first else "t b ... -> (t b) ..."
         if batch_first not in (True, False):
-            raise FoldError(
-                format_message(
-                    f"batch_first must be True or False, not {batch_first!r}.",
-                    pattern=pattern,
-                    hint="Both fold the first two axes; the flag names them (b t) or (t b) in messages.",
-                )
+            raise fold_error(
+                f"batch_first must be True or False, not {shown(batch_first)}.",
+                pattern=pattern,
+                hint="Both fold the first two axes; the flag names them (b t) or (t b) in messages.",
             )
         if module is None:
-            raise FoldError(
-                format_message(
-                    "TimeDistributed needs the module to apply at every time step.",
-                    pattern=pattern,
-                    hint="Write TimeDistributed(module, batch_first).",
-                )
+            raise fold_error(
+                "TimeDistributed needs the module to apply at every time step.",
+                pattern=pattern,
+                hint="Write TimeDistributed(module, batch_first).",
             )
         super().__init__(
             pattern,
@@ -245,7 +264,9 @@ class TimeDistributed(Distribute):
             checkpoint=checkpoint,
             fill_value=fill_value,
             allow_batch_statistics=allow_batch_statistics,
+            compute_repeats_once=compute_repeats_once,
         )
         self.batch_first = bool(batch_first)
         # fold_lengths has one length per sample: the folded group's second axis when it is (t b).
-        self._folding.sample_axis = 0 if batch_first else 1
+        caller = self._caller
+        self._caller = Caller(caller.pattern, replace(caller.execution, sample_axis=0 if batch_first else 1))

@@ -13,7 +13,7 @@ from einops import EinopsError
 from einops.parsing import ParsedExpression
 
 from ._cache import bounded_cache
-from ._errors import FoldError, format_message
+from ._errors import FoldError, fold_error
 
 __all__ = ["ELLIPSIS", "Composition", "Operand", "Pattern", "parse_pattern", "parse_rule"]
 
@@ -91,24 +91,24 @@ def parse_pattern(text: str, known: frozenset[str] = frozenset()) -> Pattern:
         FoldError: the pattern is malformed, or einops' rearrange would reject it.
     """
     if not isinstance(text, str):
-        raise FoldError(f"A pattern must be a string such as 'b t c -> (b t) c', not {type(text).__name__}.")
+        raise fold_error(
+            f"A pattern must be a string such as 'b t c -> (b t) c', not {type(text).__name__}.",
+            pattern=repr(text),
+            hint="Pass the pattern first: Distribute(pattern, module), fold(x, pattern).",
+        )
     if text.count("->") != 1:
-        raise FoldError(
-            format_message(
-                "The pattern needs exactly one '->' between the input and the folded layout.",
-                pattern=text,
-                hint="Write it as einops does, for example 'b t c h w -> (b t) c h w'.",
-            )
+        raise fold_error(
+            "The pattern needs exactly one '->' between the input and the folded layout.",
+            pattern=text,
+            hint="Write it as einops does, for example 'b t c h w -> (b t) c h w'.",
         )
     left, right = text.split("->")
     left_parts, right_parts = left.split(","), right.split(",")
     if len(left_parts) != len(right_parts):
-        raise FoldError(
-            format_message(
-                f"The pattern has {len(left_parts)} operand(s) left of '->' but {len(right_parts)} right of it.",
-                pattern=text,
-                hint="Give one comma-separated expression per tensor on each side.",
-            )
+        raise fold_error(
+            f"The pattern has {len(left_parts)} operand(s) left of '->' but {len(right_parts)} right of it.",
+            pattern=text,
+            hint="Give one comma-separated expression per tensor on each side.",
         )
     operands = tuple(
         _parse_operand(text, index, lhs, rhs, known)
@@ -127,12 +127,10 @@ def parse_rule(text: str, known: frozenset[str], role: str) -> Operand:
     except FoldError as error:
         raise FoldError(f"In {role}: {error}") from None
     if len(pattern.operands) != 1:
-        raise FoldError(
-            format_message(
-                f"In {role}: the pattern must describe one tensor, but it has {len(pattern.operands)} operands.",
-                pattern=text,
-                hint="Remove the commas: one pattern applies to one tensor here.",
-            )
+        raise fold_error(
+            f"In {role}: the pattern must describe one tensor, but it has {len(pattern.operands)} operands.",
+            pattern=text,
+            hint="Remove the commas: one pattern applies to one tensor here.",
         )
     return pattern.operands[0]
 
@@ -150,7 +148,7 @@ def _parse_operand(
 
     def fail(what: str, name: str | None = None, side: str = "lhs", hint: str | None = None) -> FoldError:
         span = None if name is None else _token_spans(text).get((index, side, name))
-        return FoldError(format_message(f"{what} in {label}.", pattern=text, span=span, hint=hint))
+        return fold_error(f"{what} in {label}.", pattern=text, span=span, hint=hint)
 
     if lhs.has_non_unitary_anonymous_axes or rhs.has_non_unitary_anonymous_axes:
         raise fail(
@@ -201,12 +199,10 @@ def _parse_side(text: str, side_text: str, label: str) -> ParsedExpression:
     try:
         return ParsedExpression(side_text)
     except EinopsError as error:
-        raise FoldError(
-            format_message(
-                f"einops cannot read '{side_text.strip()}' in {label}: {error}",
-                pattern=text,
-                hint="Axis names are identifiers, groups use one level of parentheses, '...' appears at most once.",
-            )
+        raise fold_error(
+            f"einops cannot read '{side_text.strip()}' in {label}: {error}",
+            pattern=text,
+            hint="Axis names are identifiers, groups use one level of parentheses, '...' appears at most once.",
         ) from None
 
 

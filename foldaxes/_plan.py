@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ._errors import FoldError, format_message
+from ._errors import FoldError, fold_error
 from ._pattern import ELLIPSIS, Composition, Operand
 
-__all__ = ["Plan", "Rule", "SizeMismatch", "product"]
+__all__ = ["MAX_RANKS", "Plan", "Rule", "SizeMismatch", "product"]
 
-_MAX_PLANS = 64
+MAX_RANKS = 64
+"""How many ranks a per-rank cache holds before it is emptied: a bound on memory, not on the ranks allowed."""
 
 
 def product(sizes: Iterable[int]) -> int:
@@ -136,7 +137,7 @@ class Rule:
             # Under dynamo a write here is a side effect of the traced program: strict export warns about it
             # and compile adds a recompile. Tracing rebuilds the plan instead; eager calls fill the cache.
             if not torch.compiler.is_compiling():
-                if len(self._plans) >= _MAX_PLANS:
+                if len(self._plans) >= MAX_RANKS:
                     self._plans.clear()
                 self._plans[ndim] = plan
         return plan
@@ -203,14 +204,12 @@ class Rule:
 
     def _rank_error(self, expected: str, ndim: int, label: str, shape: tuple[int, ...]) -> FoldError:
         lhs = " ".join(_element_text(element) for element in self.operand.lhs)
-        return FoldError(
-            format_message(
-                f"{label} has {ndim} dims, but '{lhs}' expects {expected}.",
-                pattern=self.pattern,
-                shapes=[(label, shape)],
-                hint="Pass a tensor of the rank the pattern describes, or change the pattern "
-                "('...' stands for any number of dims).",
-            )
+        return fold_error(
+            f"{label} has {ndim} dims, but '{lhs}' expects {expected}.",
+            pattern=self.pattern,
+            shapes=[(label, shape)],
+            hint="Pass a tensor of the rank the pattern describes, or change the pattern "
+            "('...' stands for any number of dims).",
         )
 
 

@@ -9,68 +9,94 @@ follows.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
-from ._chunks import MASK, SAMPLE_LENGTHS, Rows, check_batch_statistics, run_rows
-from ._errors import FoldError, format_message
+from ._chunks import Rows, run_rows
+from ._compiled import TensorArgument
+from ._errors import fold_error
+from ._execution import Execution, why_partial
+from ._guards import check_batch_statistics
+from ._masks import MASK, SAMPLE_LENGTHS
 from ._tree import flatten, leaf_paths, unflatten
 
-if TYPE_CHECKING:
-    from ._folding import Folding, Operand
-
-__all__ = ["JaggedInput", "call_jagged"]
+__all__ = ["call_jagged"]
 
 _SUPPORTED = "Jagged nested tensors are folded only by patterns of the shape 'b j ... -> (b j) ...'"
 
 
-class JaggedInput(FoldError):
-    """A jagged tensor met the dense fold: ``Distribute`` catches this and folds it here; ``fold`` reports it."""
-
-
 def call_jagged(
-    folding: Folding, fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any], masked: bool
+    fn: Callable[..., Any],
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    arguments: Sequence[TensorArgument],
+    execution: Execution,
+    pattern: str,
+    *,
+    masked: bool,
+    out: bool,
+    note: Callable[[BaseException, Sequence[Any], Mapping[str, Any]], None],
 ) -> Any:
     """Runs ``fn`` once (or in chunks) on the real frames of jagged arguments; returns jagged outputs.
+
+    Args:
+        fn: The module.
+        args: The call's positional arguments.
+        kwargs: Its keyword arguments.
+        arguments: The tensor arguments that the pattern folds.
+        execution: Chunks and checkpointing.
+        pattern: For messages.
+        masked: Whether the call gave ``fold_mask`` or ``fold_lengths``, which jagged input has no use for.
+        out: Whether the wrapper has ``out=``, which jagged outputs do not support.
+        note: Adds a note to an exception raised by ``fn``, given the arguments ``fn`` was called with.
 
     Raises:
         FoldError: the pattern or the arguments are not of the supported kind, the arguments' offsets differ, or
             an output does not have one row per real frame.
     """
     if masked:
-        raise FoldError(
-            format_message(
-                f"{MASK} and {SAMPLE_LENGTHS} are for padded tensors; a jagged tensor already holds only real frames.",
-                pattern=folding.pattern,
-                hint=f"Leave out {MASK} and {SAMPLE_LENGTHS}.",
-            )
+        raise fold_error(
+            f"{MASK} and {SAMPLE_LENGTHS} are for padded tensors; a jagged tensor already holds only real frames.",
+            pattern=pattern,
+            hint=f"Leave out {MASK} and {SAMPLE_LENGTHS}.",
         )
-    if folding.outputs.out is not None:
-        raise _unsupported(folding.pattern, "out= is not supported with jagged input", "Leave out out=.")
-    operands = folding.operands(args, kwargs)
-    offsets = _offsets(operands)
+    if out:
+        raise _unsupported(pattern, "out= is not supported with jagged input", "Leave out out=.")
+    layout = _shared_layout(arguments)
     call_args, call_kwargs = list(args), dict(kwargs)
-    for key, _, _, x in operands:
+    for key, _, _, x in arguments:
         if isinstance(key, int):
             call_args[key] = x.values()
         else:
             call_kwargs[key] = x.values()
-    first = operands[0][0]
-    count = (call_args[first] if isinstance(first, int) else call_kwargs[first]).shape[0]
-    why = folding.why_partial(masked=False)  # one call sees all the real frames: the meaning jagged input has
+    count = (call_args[layout.key] if isinstance(layout.key, int) else call_kwargs[layout.key]).shape[0]
+    why = why_partial(execution, masked=False)  # one call sees all the real frames: the meaning jagged input has
     if why is not None:
-        check_batch_statistics(fn, folding.execution, why, folding.pattern)
-    rows = Rows(tuple((key, 0) for key, _, _, _ in operands), count, 0)
-    result = run_rows(fn, call_args, call_kwargs, rows, folding.execution, folding.pattern)
-    return _jagged_outputs(result, offsets, count, folding.pattern)
+        check_batch_statistics(fn, execution.allow_batch_statistics, why, pattern)
+    rows = Rows(tuple((key, 0) for key, _, _, _ in arguments), count, 0)
+    try:
+        result = run_rows(fn, call_args, call_kwargs, rows, execution, pattern)
+    except Exception as error:
+        note(error, call_args, call_kwargs)
+        raise
+    return _jagged_outputs(result, layout, count, pattern)
 
 
-def _offsets(operands: list[Operand]) -> torch.Tensor:
-    """The offsets every argument shares, after checking that each argument is a foldable jagged tensor."""
+class _JaggedLayout(NamedTuple):
+    """What the jagged arguments share: the offsets of their samples, and the sample lengths torch has cached."""
+
+    key: int | str
+    offsets: torch.Tensor
+    min_seqlen: int | None
+    max_seqlen: int | None
+
+
+def _shared_layout(arguments: Sequence[TensorArgument]) -> _JaggedLayout:
+    """The layout every argument shares, after checking that each argument is a foldable jagged tensor."""
     first: tuple[str, torch.Tensor] | None = None
-    for _, label, rule, x in operands:
+    for _, label, rule, x in arguments:
         if type(x) is torch.Tensor or not (x.is_nested and x.layout == torch.jagged):
             raise _unsupported(
                 rule.pattern,
@@ -97,20 +123,36 @@ def _offsets(operands: list[Operand]) -> torch.Tensor:
         if first is None:
             first = (label, offsets)
         elif offsets is not first[1] and not (offsets.shape == first[1].shape and torch.equal(offsets, first[1])):
-            raise FoldError(
-                format_message(
-                    f"{label} and {first[0]} are jagged with different offsets, so their frames do not line up: "
-                    f"sample lengths {offsets.diff().tolist()} here, {first[1].diff().tolist()} there.",
-                    pattern=rule.pattern,
-                    hint="Build every jagged argument over the same offsets, for example with "
-                    "torch.nested.nested_tensor_from_jagged(values, first.offsets()).",
-                )
+            raise fold_error(
+                f"{label} and {first[0]} are jagged with different offsets, so their frames do not line up: "
+                f"{_first_difference(offsets.diff(), first[1].diff())}.",
+                pattern=rule.pattern,
+                hint="Build every jagged argument over the same offsets, for example with "
+                "torch.nested.nested_tensor_from_jagged(values, first.offsets()).",
             )
     assert first is not None
-    return first[1]
+    return _JaggedLayout(arguments[0].key, first[1], *cached_seqlens(arguments[0].tensor))
 
 
-def _jagged_outputs(result: Any, offsets: torch.Tensor, count: int, pattern: str) -> Any:
+def cached_seqlens(x: torch.Tensor) -> tuple[int | None, int | None]:
+    """The shortest and longest sample lengths that the jagged tensor ``x`` has cached, or ``None`` for each not.
+
+    They decide, for example, the padded length of ``to_padded_tensor``; reading them never computes them (which
+    would wait for the device). torch has no public accessor, so this is foldaxes' one read of the private
+    ``_maybe_min_seqlen`` and ``_maybe_max_seqlen``; ``tests/test_ragged.py`` pins them.
+    """
+    return getattr(x, "_maybe_min_seqlen", None), getattr(x, "_maybe_max_seqlen", None)
+
+
+def _first_difference(lengths: torch.Tensor, first: torch.Tensor) -> str:
+    """Where two sets of sample lengths first differ, in words, without listing them all."""
+    if lengths.shape != first.shape:
+        return f"{lengths.numel()} samples here, {first.numel()} there"
+    sample = int((lengths != first).nonzero()[0, 0])
+    return f"sample {sample} has {int(lengths[sample])} frames here, {int(first[sample])} there"
+
+
+def _jagged_outputs(result: Any, layout: _JaggedLayout, count: int, pattern: str) -> Any:
     leaves, spec = flatten(result)
     jagged = []
     for position, leaf in enumerate(leaves):
@@ -118,22 +160,22 @@ def _jagged_outputs(result: Any, offsets: torch.Tensor, count: int, pattern: str
             if leaf.is_nested or leaf.ndim == 0 or leaf.shape[0] != count:
                 label = "the output" if leaf is result else "output " + leaf_paths(result)[position]
                 found = "a nested tensor" if leaf.is_nested else f"shape {_shape(leaf)}"
-                raise FoldError(
-                    format_message(
-                        f"{label[0].upper() + label[1:]} cannot become a jagged tensor: it should have one row per "
-                        f"real frame ({count}) at dim 0, but it has {found}.",
-                        pattern=pattern,
-                        hint="With jagged input, return only per-frame tensors; compute per-sample or batch "
-                        "results (a loss, a mean) outside the wrapper, from the jagged output.",
-                    )
+                raise fold_error(
+                    f"{label[0].upper() + label[1:]} cannot become a jagged tensor: it should have one row per "
+                    f"real frame ({count}) at dim 0, but it has {found}.",
+                    pattern=pattern,
+                    hint="With jagged input, return only per-frame tensors; compute per-sample or batch "
+                    "results (a loss, a mean) outside the wrapper, from the jagged output.",
                 )
-            leaf = torch.nested.nested_tensor_from_jagged(leaf, offsets)
+            leaf = torch.nested.nested_tensor_from_jagged(
+                leaf, layout.offsets, min_seqlen=layout.min_seqlen, max_seqlen=layout.max_seqlen
+            )
         jagged.append(leaf)
     return unflatten(jagged, spec)
 
 
-def _unsupported(pattern: str, what: str, hint: str) -> FoldError:
-    return FoldError(format_message(what + ".", pattern=pattern, hint=hint))
+def _unsupported(pattern: str, what: str, hint: str) -> Exception:
+    return fold_error(what + ".", pattern=pattern, hint=hint)
 
 
 def _shape(x: torch.Tensor) -> tuple[object, ...]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ._errors import FoldError, format_message
+from ._errors import fold_error, shown
 from ._pattern import ELLIPSIS, parse_rule
 from ._plan import Rule, SizeMismatch, product
 from ._tree import flatten, leaf_paths, map_structure, unflatten
@@ -59,9 +59,11 @@ class OutputRules:
                 if leaf not in self.rules:
                     self.rules[leaf] = Rule(leaf, parse_rule(leaf, known, "out="), known)
             elif leaf is not None:
-                raise FoldError(
-                    f"Each leaf of out= must be a pattern string or None, not {type(leaf).__name__} ({leaf!r}).\n"
-                    f"  out={out!r}"
+                raise fold_error(
+                    f"Each leaf of out= must be a pattern string or None, not {shown(leaf, typed=True)}.",
+                    pattern=pattern,
+                    hint="Give out= one pattern for every output tensor, or a structure like the module's output "
+                    "with a pattern or None at each leaf.",
                 )
 
     @property
@@ -94,12 +96,10 @@ class OutputRules:
                 if isinstance(result, torch.Tensor)
                 else f"the output has leaves at {', '.join(leaf_paths(result))}"
             )
-            raise FoldError(
-                format_message(
-                    f"out= does not match the structure of the module's output: {error}",
-                    pattern=self.pattern,
-                    hint=f"Give out= the same containers as the output. out={self.out!r}; {found}.",
-                )
+            raise fold_error(
+                f"out= does not match the structure of the module's output: {error}",
+                pattern=self.pattern,
+                hint=f"Give out= the same containers as the output. out={self.out!r}; {found}.",
             ) from None
 
     def _each_tensor(self, part: Any, apply: Any) -> Any:
@@ -120,14 +120,12 @@ class OutputRules:
             return leaf
         if hidden:
             label = _label(leaf, result)
-            raise FoldError(
-                format_message(
-                    f"{label[0].upper() + label[1:]} is of type {type(leaf).__name__} and holds tensors, which "
-                    "foldaxes cannot look into: they would come back still folded.",
-                    pattern=self.pattern,
-                    hint="Return a tuple, list, dict or NamedTuple, register a dataclass with "
-                    "torch.export.register_dataclass, or pass out= with None for this output.",
-                )
+            raise fold_error(
+                f"{label[0].upper() + label[1:]} is of type {type(leaf).__name__} and holds tensors, which "
+                "foldaxes cannot look into: they would come back still folded.",
+                pattern=self.pattern,
+                hint="Return a tuple, list, dict or NamedTuple, register a dataclass with "
+                "torch.export.register_dataclass, or pass out= with None for this output.",
             )
         return leaf
 
@@ -136,16 +134,14 @@ class OutputRules:
             found = "no such dim" if leaf.ndim <= dim else f"size {leaf.shape[dim]}"
             axes = " ".join("..." if a == ELLIPSIS else a for a in self.group_axes)
             label = _label(leaf, result)
-            raise FoldError(
-                format_message(
-                    f"{label[0].upper() + label[1:]} cannot be unfolded: dim {dim} should hold the folded "
-                    f"({axes}) of size {total}, but it has {found}.",
-                    pattern=self.pattern,
-                    shapes=[(label, leaf.shape)],
-                    sizes=bind_group(self.group_axes, sizes),
-                    hint=f"Pass out= with a pattern for this output (for example '({axes}) n -> {axes} n' if the "
-                    "folded axes are elsewhere), or None to return it as the module gave it.",
-                )
+            raise fold_error(
+                f"{label[0].upper() + label[1:]} cannot be unfolded: dim {dim} should hold the folded "
+                f"({axes}) of size {total}, but it has {found}.",
+                pattern=self.pattern,
+                shapes=[(label, leaf.shape)],
+                sizes=bind_group(self.group_axes, sizes),
+                hint=f"Pass out= with a pattern for this output (for example '({axes}) n -> {axes} n' if the "
+                "folded axes are elsewhere), or None to return it as the module gave it.",
             )
         if not sizes:
             return leaf.squeeze(dim)
@@ -157,16 +153,14 @@ class OutputRules:
             return plan.apply(leaf, bindings)[0]
         except SizeMismatch as mismatch:
             label = _label(leaf, result)
-            raise FoldError(
-                format_message(
-                    f"out= cannot rearrange {label}: {mismatch.what}.",
-                    pattern=rule.pattern,
-                    span=rule.operand.span("lhs", mismatch.name),
-                    shapes=[(label, leaf.shape)],
-                    sizes=plan.sizes_read_off(leaf.shape),
-                    given=bindings,
-                    hint=f"The folded axes are bound from the input (fold pattern: {self.pattern}).",
-                )
+            raise fold_error(
+                f"out= cannot rearrange {label}: {mismatch.what}.",
+                pattern=rule.pattern,
+                span=rule.operand.span("lhs", mismatch.name),
+                shapes=[(label, leaf.shape)],
+                sizes=plan.sizes_read_off(leaf.shape),
+                given=bindings,
+                hint=f"The folded axes are bound from the input (fold pattern: {self.pattern}).",
             ) from None
 
 

@@ -1,4 +1,4 @@
-"""Independent references for the tests: slice-by-slice loops that never call foldaxes."""
+"""Shared by the tests: independent references (slice-by-slice loops that never call foldaxes) and helpers."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import pytest
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
+
+from foldaxes import FoldError
 
 
 @pytest.fixture(autouse=True)
@@ -73,6 +75,45 @@ class Fuse(nn.Module):
 
     def forward(self, frames: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         return self.conv(frames).mean((2, 3)) + self.proj(audio)  # type: ignore[no-any-return]
+
+
+class Recorder(nn.Module):
+    """Calls ``fn`` and keeps, for every call, the arguments it was given and what it returned.
+
+    The wrapper under test calls the recorder in place of ``fn``, so the recorder sees exactly the folded tensors.
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        super().__init__()
+        self.fn = fn
+        self.calls: list[tuple[tuple[Any, ...], dict[str, Any], Any]] = []
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        result = self.fn(*args, **kwargs)
+        self.calls.append((args, kwargs, result))
+        return result
+
+    @property
+    def inputs(self) -> list[Any]:
+        """The first positional argument of each call."""
+        return [args[0] for args, _, _ in self.calls]
+
+    @property
+    def outputs(self) -> list[Any]:
+        """What each call returned."""
+        return [result for _, _, result in self.calls]
+
+    @property
+    def rows(self) -> list[int]:
+        """How many rows (the size of dim 0) the first argument of each call had."""
+        return [x.shape[0] for x in self.inputs]
+
+
+def message(fn: Callable[[], Any], error: type[Exception] = FoldError) -> str:
+    """What ``fn`` raised as ``error`` (a ``FoldError`` by default) says; fails the test when it raises nothing."""
+    with pytest.raises(error) as info:
+        fn()
+    return str(info.value)
 
 
 def allocations(fn: Callable[[], Any]) -> tuple[Any, list[int]]:

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import einops
 import pytest
 import torch
-from conftest import assert_exact, loop_reference
+from conftest import assert_exact, loop_reference, message
 from torch import nn
 
 import foldaxes
@@ -180,6 +180,90 @@ class TestArguments:
         x = torch.randn(2, 3, 4)
         assert_exact(Distribute("b t c -> (b t) c", torch.sigmoid)(x), torch.sigmoid(x))
         assert_exact(Distribute("b t c -> (b t) c", torch.softmax)(x, -1), torch.softmax(x, -1))
+
+
+class TestKeywordOnlyCalls:
+    """A call whose only tensors are keywords named in fold_kwargs: their patterns decide the folded group."""
+
+    @pytest.mark.usefixtures("float64")
+    def test_allennlp_named_input(self) -> None:
+        """AllenNLP's TimeDistributed test calls the wrapped embedding with ``input=`` only."""
+        embedding = nn.Embedding(2, 2)
+        with torch.no_grad():
+            embedding.weight.copy_(torch.tensor([[0.4, 0.4], [0.5, 0.5]]))
+        distributed = TimeDistributed(embedding, True, fold_kwargs={"input": "b t s -> (b t) s"})
+        ids = torch.tensor([[[1, 0], [1, 1]]])
+        assert_exact(distributed(input=ids), torch.tensor([[[[0.5, 0.5], [0.4, 0.4]], [[0.5, 0.5], [0.5, 0.5]]]]))
+
+    @pytest.mark.parametrize(
+        "wrap",
+        [
+            lambda f, k: Distribute("b t d -> (b t) d", f, fold_kwargs=k),
+            lambda f, k: TimeDistributed(f, True, fold_kwargs=k),
+            lambda f, k: foldaxes.distribute("b t d -> (b t) d", f, fold_kwargs=k),
+            lambda f, k: Distribute("b t d -> (b t) d", fold_kwargs=k)(f),
+        ],
+        ids=["distribute-module", "time-distributed", "distribute-function", "factory"],
+    )
+    @pytest.mark.usefixtures("float64")
+    def test_every_form(self, wrap: Any) -> None:
+        linear = nn.Linear(4, 3)
+        x = torch.randn(2, 5, 4)
+        y = wrap(lambda *, x, scale: linear(x) * scale, {"x": "b t d -> (b t) d", "scale": "b t -> (b t) ()"})(
+            x=x, scale=torch.arange(10.0).reshape(2, 5)
+        )
+        assert_exact(y, linear(x) * torch.arange(10.0).reshape(2, 5, 1))
+
+    def test_group_comes_from_the_first_keyword_that_folds_it(self) -> None:
+        wrapped = Distribute(
+            "b t d -> (b t) d",
+            lambda *, mask, x: x.sum(-1) + mask.sum(),
+            fold_kwargs={"mask": "b s -> b s", "x": "b t d -> (b t) d"},
+        )
+        assert wrapped(mask=torch.ones(2, 7), x=torch.ones(2, 3, 4)).shape == (2, 3)
+
+    def test_keyword_sizes_are_checked_against_each_other(self) -> None:
+        wrapped = Distribute(
+            "b t d -> (b t) d", lambda *, x, y: x + y, fold_kwargs={"x": "b t d -> (b t) d", "y": "b t d -> (b t) d"}
+        )
+        text = message(lambda: wrapped(x=torch.ones(2, 3, 4), y=torch.ones(2, 4, 4)))
+        assert text.startswith("keyword argument 'y' disagrees with keyword argument 'x' on axis 't': 4 here, 3 there.")
+
+    @pytest.mark.parametrize(
+        ("build", "call", "expected"),
+        [
+            (
+                lambda: Distribute("b t d -> (b t) d", lambda **k: k),
+                lambda w: w(x=torch.zeros(2, 3, 4)),
+                "The pattern needs at least one tensor to fold, but none came: the keyword tensors 'x' are not named "
+                "in fold_kwargs.\n"
+                "  pattern: b t d -> (b t) d\n"
+                "  Keyword tensors are folded only when named in fold_kwargs, for example "
+                "fold_kwargs={'x': 'b t ... -> (b t) ...'}.",
+            ),
+            (
+                lambda: Distribute("b t d -> (b t) d", lambda **k: k, fold_kwargs={"mask": "b s -> b s"}),
+                lambda w: w(mask=torch.zeros(2, 3)),
+                "The pattern needs a tensor that carries the folded group (b t), but none came: no positional "
+                "tensor, and the keyword tensors named in fold_kwargs ('mask') fold other axes.\n"
+                "  pattern: b t d -> (b t) d\n"
+                "  Pass the tensor to fold positionally, or give a keyword a pattern that folds (b t).",
+            ),
+            (
+                lambda: Distribute(
+                    "b t d, b t e -> (b t) d, (b t) e", lambda **k: k, fold_kwargs={"x": "b t -> (b t)"}
+                ),
+                lambda w: w(x=torch.zeros(2, 3)),
+                "The pattern has 2 operands, one per positional tensor argument, but 0 positional tensors came.\n"
+                "  pattern: b t d, b t e -> (b t) d, (b t) e\n"
+                "  Give one comma-separated operand per positional tensor argument, or a single operand to apply to "
+                "all of them; keyword tensors are folded by their own fold_kwargs patterns.",
+            ),
+        ],
+        ids=["not-in-fold-kwargs", "keywords-fold-other-axes", "operands-need-positional-tensors"],
+    )
+    def test_when_a_positional_tensor_is_needed(self, build: Any, call: Any, expected: str) -> None:
+        assert message(lambda: call(build())) == expected
 
 
 class Pair(NamedTuple):

@@ -9,6 +9,7 @@ from typing import Any
 import einops
 import pytest
 import torch
+from conftest import message
 from torch import nn
 
 import foldaxes
@@ -18,12 +19,6 @@ from foldaxes import Distribute, FoldError
 @dataclasses.dataclass
 class Holder:
     value: torch.Tensor
-
-
-def message(fn: Any) -> str:
-    with pytest.raises(FoldError) as info:
-        fn()
-    return str(info.value)
 
 
 class TestBadPatterns:
@@ -213,9 +208,13 @@ class TestBadInputs:
     @pytest.mark.parametrize(
         ("pattern", "args", "expected"),
         [
-            ("b t x, b t y -> (b t) x, (b t) y", (torch.zeros(2, 3, 4),), "needs 2 tensors, one per operand"),
-            ("b t x -> (b t) x", (3,), "needs at least one tensor, but 0 tensor(s) came (int)"),
-            ("b t x -> (b t) x", (), "needs at least one tensor, but 0 tensor(s) came (nothing)"),
+            (
+                "b t x, b t y -> (b t) x, (b t) y",
+                (torch.zeros(2, 3, 4),),
+                "The pattern has 2 operands, one per positional tensor argument, but 1 positional tensor came",
+            ),
+            ("b t x -> (b t) x", (3,), "needs at least one tensor to fold, but none came: the positional arguments"),
+            ("b t x -> (b t) x", (), "The pattern needs at least one tensor to fold, but none came.\n"),
         ],
         ids=["too-few-for-operands", "no-tensor", "nothing"],
     )

@@ -10,19 +10,13 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import assert_exact
+from conftest import Recorder, assert_exact, message
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import foldaxes
-from foldaxes import Distribute, FoldError, TimeDistributed
-
-
-def message(fn: Callable[[], Any]) -> str:
-    with pytest.raises(FoldError) as info:
-        fn()
-    return str(info.value)
+from foldaxes import Distribute, TimeDistributed
 
 
 def masked_loop(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, mask: torch.Tensor, fill: float) -> Any:
@@ -37,17 +31,6 @@ def masked_loop(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, mas
 
 def lengths_mask(lengths: Sequence[int], steps: int) -> torch.Tensor:
     return torch.tensor([[t < length for t in range(steps)] for length in lengths], dtype=torch.bool)
-
-
-class Recorder(nn.Module):
-    def __init__(self, module: Callable[..., Any]) -> None:
-        super().__init__()
-        self.module = module
-        self.seen: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor, **kwargs: Any) -> Any:
-        self.seen.append(x.detach().clone())
-        return self.module(x, **kwargs)
 
 
 @pytest.mark.usefixtures("float64")
@@ -65,7 +48,7 @@ class TestOnlyValidRowsAreComputed:
         x = torch.randn(3, 4, 3)
         mask = torch.rand(3, 4) > 0.5
         Distribute("b t d -> (b t) d", recorder)(x, fold_mask=mask)
-        assert torch.equal(recorder.seen[0], x[mask])
+        assert torch.equal(recorder.inputs[0], x[mask])
 
     @pytest.mark.parametrize(
         "lengths",
@@ -137,8 +120,8 @@ class TestOnlyValidRowsAreComputed:
         x = torch.randn(3, 4, 3)
         mask = lengths_mask([4, 3, 0], 4)
         y = Distribute("b t d -> (b t) d", recorder, chunk_size=3)(x, fold_mask=mask)
-        assert [len(seen) for seen in recorder.seen] == [3, 3, 1]
-        assert_exact(y, masked_loop(recorder.module, x, mask, 0.0))
+        assert recorder.rows == [3, 3, 1]
+        assert_exact(y, masked_loop(recorder.fn, x, mask, 0.0))
 
     def test_integer_output_is_filled_too(self) -> None:
         y = Distribute("b t d -> (b t) d", lambda z: z.argmax(-1))(torch.randn(2, 3, 4), fold_lengths=[1, 3])
@@ -176,7 +159,7 @@ class TestEdgeMasks:
         recorder = Recorder(make())
         pattern = "b t d -> (b t) d" if len(shape) == 3 else "b t c h w -> (b t) c h w"
         y = Distribute(pattern, recorder, fill_value=3.0)(torch.randn(shape), fold_lengths=[0, 0])
-        assert recorder.seen[0].shape[0] == 0
+        assert recorder.rows[0] == 0
         assert y.shape[:2] == (2, 3) and bool((y == 3.0).all())
 
     def test_no_valid_rows_and_a_module_that_refuses_them(self) -> None:
@@ -185,10 +168,11 @@ class TestEdgeMasks:
                 raise ValueError("no rows to normalise")
             return z
 
-        with pytest.raises(ValueError, match=r"^no rows to normalise$"):
+        with pytest.raises(ValueError) as info:
             Distribute("b t d -> (b t) d", needs_rows)(
                 torch.randn(2, 3, 4), fold_mask=torch.zeros(2, 3, dtype=torch.bool)
             )
+        assert info.value.args == ("no rows to normalise",)
 
     def test_all_rows_valid_is_the_plain_call(self) -> None:
         recorder = Recorder(nn.Identity())
@@ -246,7 +230,7 @@ class TestMaskErrors:
             ),
             ({"fold_lengths": [1, 2, 3]}, "fold_lengths has shape (3,), but there are 2 samples"),
             ({"fold_lengths": [[1], [2]]}, "fold_lengths has shape (2, 1)"),
-            ({"fold_lengths": [1, 4]}, "must lie between 0 and 3 (the time axis), but it is [1, 4]"),
+            ({"fold_lengths": [1, 4]}, "must lie between 0 and 3 (the time axis), but its entries range from 1 to 4"),
             ({"fold_lengths": [-1, 2]}, "must lie between 0 and 3"),
             ({"fold_lengths": [1.5, 2.0]}, "fold_lengths must be integers"),
             ({"fold_lengths": [True, False]}, "fold_lengths must be integers"),

@@ -450,6 +450,27 @@ class TestCaches:
             tracemalloc.stop()
         assert kept < 2_000_000, f"{kept} bytes kept"
 
+    def test_per_rank_caches_stay_bounded(self) -> None:
+        """A wrapper called at more ranks than its caches hold keeps at most 64 plans and 64 fast-path spans."""
+        wrapped = Distribute("... c -> (...) c", nn.Identity())
+        for rank in range(1, 101):
+            wrapped(torch.zeros(*[1] * rank))
+        caller = wrapped._caller
+        assert 0 < len(caller.pattern.rules[0]._plans) <= 64
+        assert 0 < len(caller._flatten_spans) <= 64
+
+    def test_plans_are_reused(self) -> None:
+        """A second call at the same rank builds no plan."""
+        wrapped = Distribute("b t c -> (b t) c", lambda *tensors: tensors[0])
+        rule = wrapped._caller.pattern.rules[0]
+        built = []
+        build = rule._build
+        rule._build = lambda *args: built.append(args[0]) or build(*args)  # type: ignore[method-assign]
+        for shape in [(2, 3, 4), (5, 1, 4), (2, 3, 4)]:
+            wrapped(torch.zeros(shape))
+            wrapped(torch.zeros(shape), torch.zeros(shape))
+        assert built == [3]
+
     @pytest.mark.usefixtures("float64")
     def test_more_ranks_than_the_plan_cache_holds(self) -> None:
         """One wrapper called with 70 ranks, twice over: its per-rank plans are rebuilt, never wrong."""

@@ -11,26 +11,12 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import Fuse, allocations, assert_exact, loop_reference
+from conftest import Fuse, Recorder, allocations, assert_exact, loop_reference
 from torch import nn
 
 from foldaxes import Distribute, TimeDistributed
 
 CUDA = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
-
-
-class Recorder(nn.Module):
-    """Calls ``module`` and keeps the tensor it was given and the tensor it returned."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.inner = module
-        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.inner(x)
-        self.seen.append((x, y))
-        return y
 
 
 # (make the wrapped model, make its inputs, fold the inputs by hand)
@@ -131,7 +117,7 @@ class TestMemoryFormats:
         x = _frames(2, 3, shape, memory_format, torch.float32)
         wrapped(x)  # builds the plan
         out, allocated = allocations(lambda: wrapped(x))
-        seen, module_out = recorder.seen[-1]
+        (seen,), _, module_out = recorder.calls[-1]
         assert seen.data_ptr() == x.data_ptr() and seen.is_contiguous(memory_format=memory_format)
         assert module_out.is_contiguous(memory_format=memory_format)
         assert out.data_ptr() == module_out.data_ptr()
@@ -168,7 +154,7 @@ class TestMemoryFormats:
         with torch.autocast("cuda", dtype=dtype):
             out = Distribute("b n c ... -> (b n) c ...", recorder)(x)
             expected = conv(x.flatten(0, 1)).unflatten(0, (2, 3))
-        seen, module_out = recorder.seen[-1]
+        (seen,), _, module_out = recorder.calls[-1]
         assert seen.data_ptr() == x.data_ptr()
         assert out.dtype == dtype and out.data_ptr() == module_out.data_ptr()
         assert out.flatten(0, 1).is_contiguous(memory_format=memory_format)

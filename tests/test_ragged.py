@@ -10,19 +10,13 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import assert_exact
+from conftest import Recorder, assert_exact, message
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import foldaxes
-from foldaxes import Distribute, FoldError, TimeDistributed
-
-
-def message(fn: Callable[[], Any]) -> str:
-    with pytest.raises(FoldError) as info:
-        fn()
-    return str(info.value)
+from foldaxes import Distribute, TimeDistributed
 
 
 def jagged(lengths: Sequence[int], *trailing: int) -> torch.Tensor:
@@ -49,17 +43,6 @@ def assert_jagged_equal(actual: torch.Tensor, expected: list[torch.Tensor | None
             assert sample.shape[0] == 0
         else:
             assert_exact(sample, wanted)
-
-
-class Recorder(nn.Module):
-    def __init__(self, module: Callable[..., Any]) -> None:
-        super().__init__()
-        self.module = module
-        self.inputs: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor, *rest: Any) -> Any:
-        self.inputs.append(x)
-        return self.module(x, *rest)
 
 
 @pytest.mark.usefixtures("float64")
@@ -122,8 +105,8 @@ class TestJaggedMatchesTheLoop:
         recorder = Recorder(nn.Linear(4, 3))
         nt = jagged([3, 0, 4], 4)
         y = TimeDistributed(recorder, True, chunk_size=3)(nt)
-        assert [len(seen) for seen in recorder.inputs] == [3, 3, 1]
-        assert_jagged_equal(y, per_frame(recorder.module, nt), nt.offsets())
+        assert recorder.rows == [3, 3, 1]
+        assert_jagged_equal(y, per_frame(recorder.fn, nt), nt.offsets())
 
     @given(lengths=st.lists(st.integers(0, 4), min_size=1, max_size=4), seed=st.integers(0, 2**16))
     @settings(max_examples=50, deadline=None, derandomize=True)
@@ -136,6 +119,36 @@ class TestJaggedMatchesTheLoop:
         y = Distribute("b t d -> (b t) d", linear)(nt)
         assert y.values().shape == (sum(lengths), 2)
         assert_jagged_equal(y, per_frame(linear, nt), nt.offsets())
+
+
+class TestJaggedLengths:
+    """Outputs keep the sample lengths torch caches on the input, so that padding them pads as the input does."""
+
+    @pytest.mark.parametrize("lengths", [[7, 3, 5, 1], [1, 1], [0, 4, 2]], ids=["mixed", "ones", "empty-sample"])
+    def test_padded_length_is_the_inputs(self, lengths: list[int]) -> None:
+        nt = torch.nested.nested_tensor([torch.randn(n, 4) for n in lengths], layout=torch.jagged)
+        linear = nn.Linear(4, 8)
+        y = Distribute("b t d -> (b t) d", linear)(nt)
+        padded = y.to_padded_tensor(0.0)
+        assert padded.shape == linear(nt).to_padded_tensor(0.0).shape == (len(lengths), max(lengths), 8)
+        assert padded.shape[1] == nt.to_padded_tensor(0.0).shape[1]
+
+    def test_every_output_leaf_keeps_them(self) -> None:
+        nt = torch.nested.nested_tensor([torch.randn(n, 4) for n in [5, 2]], layout=torch.jagged)
+        out = Distribute("b t d -> (b t) d", lambda z: {"z": z, "pair": (z * 2, z.sum(-1))})(nt)
+        for leaf in (out["z"], *out["pair"]):
+            assert leaf.to_padded_tensor(0.0).shape[:2] == (2, 5)
+
+    def test_an_input_without_cached_lengths_gives_outputs_without_them(self) -> None:
+        nt = jagged([2, 3], 4)  # built from values and offsets: torch caches no lengths
+        y = Distribute("b t d -> (b t) d", lambda z: z)(nt)
+        assert y.to_padded_tensor(0.0).shape == nt.to_padded_tensor(0.0).shape
+
+    def test_the_private_attributes_foldaxes_reads(self) -> None:
+        """Pins ``_maybe_min_seqlen`` and ``_maybe_max_seqlen``, read only by ``_ragged.cached_seqlens``."""
+        nt = torch.nested.nested_tensor([torch.randn(n, 4) for n in [5, 2, 3]], layout=torch.jagged)
+        assert (nt._maybe_min_seqlen, nt._maybe_max_seqlen) == (2, 5)
+        assert jagged([2, 3], 4)._maybe_max_seqlen is None
 
 
 @pytest.mark.usefixtures("float64")
@@ -201,7 +214,7 @@ class TestJaggedErrors:
         wrapped = Distribute("b t x, b t y -> (b t) x, (b t) y", lambda p, q: p)
         text = message(lambda: wrapped(jagged([2, 3], 4), jagged([3, 2], 4)))
         assert "argument 1 and argument 0 are jagged with different offsets" in text
-        assert "sample lengths [3, 2] here, [2, 3] there" in text
+        assert "sample 0 has 3 frames here, 2 there" in text
 
     def test_dense_beside_jagged(self) -> None:
         wrapped = Distribute("b t x, b t y -> (b t) x, (b t) y", lambda p, q: p)
@@ -226,8 +239,14 @@ class TestJaggedErrors:
         assert "out= is not supported with jagged input" in message(lambda: wrapped(jagged([2, 3], 4)))
 
     def test_functional_fold_reports_the_layout(self) -> None:
-        assert "foldaxes folds strided (dense) tensors only" in message(
-            lambda: foldaxes.fold(jagged([2, 3], 4), "b t d -> (b t) d")
+        with pytest.raises(foldaxes.FoldError) as info:
+            foldaxes.fold(jagged([2, 3], 4), "b t d -> (b t) d")
+        assert type(info.value) is foldaxes.FoldError
+        assert str(info.value) == (
+            "argument 0 is a jagged nested tensor; foldaxes folds strided (dense) tensors only.\n"
+            "  pattern: b t d -> (b t) d\n"
+            "  fold() has no jagged form: Distribute and distribute run a module on a jagged tensor's packed "
+            "frames; or pass x.values() (the packed frames) or x.to_padded_tensor(0)."
         )
 
     def test_strided_nested_tensor(self) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import einops
 import pytest
 import torch
-from conftest import allocations
+from conftest import Recorder, allocations
 from torch import nn
 
 import foldaxes
@@ -30,22 +30,6 @@ def leaves(tree: Any) -> list[torch.Tensor]:
     if isinstance(tree, torch.Tensor):
         return [tree]
     return [leaf for part in tree for leaf in leaves(part)]
-
-
-class Recorder(nn.Module):
-    """Calls ``fn`` and keeps what it was given and what it returned."""
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        super().__init__()
-        self.fn = fn
-        self.inputs: list[tuple[Any, ...]] = []
-        self.outputs: list[Any] = []
-
-    def forward(self, *args: Any) -> Any:
-        self.inputs.append(args)
-        result = self.fn(*args)
-        self.outputs.append(result)
-        return result
 
 
 def _randn(*shape: int) -> torch.Tensor:
@@ -116,7 +100,7 @@ class TestFoldIsAView:
             expected = torch.Size((x.shape[0] * x.shape[1], *x.shape[2:]))
         for call in range(2):  # the first call builds the plan; the second may take the cached fast path
             out, allocated = allocations(lambda: wrapped(x))
-            (seen,) = recorder.inputs[call]
+            (seen,), _, _ = recorder.calls[call]
             assert allocated == [], f"call {call}"
             assert storage(seen) == storage(x) and seen.data_ptr() == x.data_ptr()
             assert seen.shape == expected
@@ -141,7 +125,7 @@ class TestFoldCopiesOnce:
         wrapped = foldaxes.Distribute(pattern, recorder)
         for call in range(2):
             out, allocated = allocations(lambda: wrapped(x))
-            (seen,) = recorder.inputs[call]
+            (seen,), _, _ = recorder.calls[call]
             assert allocated == [x.numel() * x.element_size()], f"call {call}"
             assert storage(seen) != storage(x)
             assert storage(out) == storage(seen)  # the unfold adds no second copy
@@ -179,7 +163,7 @@ class TestOutputIsAViewOfTheModuleOutput:
         wrapped = wrap(recorder)
         for call in range(2):
             out = wrapped(x)
-            (seen,), module_out = recorder.inputs[call], recorder.outputs[call]
+            (seen,), _, module_out = recorder.calls[call]
             assert storage(seen) == storage(x)
             assert seen.is_contiguous(memory_format=CL)
             assert module_out.is_contiguous(memory_format=CL)  # what the module gave, for the checks below

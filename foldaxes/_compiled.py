@@ -1,0 +1,389 @@
+"""A pattern compiled for calls: every operand, keyword and output rule, checked together once.
+
+``CompiledPattern.fold`` folds one call's tensor arguments and returns a ``FoldedCall``, the small record that each
+way of running the module (``_call.py`` lists them) takes. Nothing here calls the module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+
+from ._errors import fold_error, positive_int
+from ._pattern import ELLIPSIS, parse_pattern, parse_rule
+from ._plan import Rule, SizeMismatch
+from ._unfold import OutputRules, OutSpec
+
+__all__ = ["CompiledPattern", "FoldedCall", "TensorArgument", "is_jagged"]
+
+Key = int | str
+"""Where an argument is: its position, or its keyword."""
+
+
+class TensorArgument(NamedTuple):
+    """A tensor argument of a call that the pattern folds: where it is, its name in messages, its rule, itself."""
+
+    key: Key
+    label: str
+    rule: Rule
+    tensor: torch.Tensor
+
+
+class FoldedCall(NamedTuple):
+    """A call's arguments after folding, and where their folded rows are.
+
+    Attributes:
+        args: The positional arguments, each tensor folded.
+        kwargs: The keyword arguments, those named in ``fold_kwargs`` folded.
+        dim: The folded dim of every output, or ``None`` when the pattern folds nothing.
+        group_sizes: The sizes of the folded group's axes, in group order.
+        row_slots: ``(key, dim)`` of each folded argument that carries the folded rows, and the dim they are at.
+        other_group: The label and rule of the first argument that folds other axes than the folded group, whose
+            rows therefore cannot be split like the others'; ``None`` when there is none.
+    """
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    dim: int | None
+    group_sizes: Sequence[int]
+    row_slots: tuple[tuple[Key, int], ...]
+    other_group: tuple[str, Rule] | None
+
+
+def is_jagged(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a nested tensor with ``layout=torch.jagged``."""
+    # A nested tensor is a subclass, so the exact type rules it out at the least cost.
+    return type(x) is not torch.Tensor and x.is_nested and x.layout == torch.jagged
+
+
+class CompiledPattern:
+    """A pattern with its ``out=``, ``fold_kwargs`` and axis lengths, parsed and checked together.
+
+    Args:
+        pattern: ``"lhs -> rhs"``, or several comma-separated operands on each side.
+        out: Overrides the default unfold; see ``Distribute``.
+        fold_kwargs: Keyword arguments to fold too, each with its own single-operand pattern.
+        lengths: Axis lengths given as keywords.
+
+    Attributes:
+        text: The pattern as given.
+        lengths: The axis lengths, checked.
+        rules: One rule per comma-separated operand.
+        kwarg_rules: One rule per keyword named in ``fold_kwargs``.
+        outputs: How the outputs unfold.
+        group_axes: The names in the folded group, in order, or ``None`` when the pattern folds nothing.
+        group_text: The folded group as written, such as ``"(b t)"``, for messages.
+
+    Raises:
+        FoldError: any part is malformed, or the parts disagree.
+    """
+
+    def __init__(
+        self,
+        pattern: str,
+        *,
+        out: OutSpec = None,
+        fold_kwargs: Mapping[str, str] | None = None,
+        lengths: Mapping[str, int] | None = None,
+    ) -> None:
+        if not isinstance(pattern, str):
+            raise fold_error(
+                f"A pattern must be a string such as 'b t c -> (b t) c', not {type(pattern).__name__}.",
+                pattern=repr(pattern),
+                hint="Pass the pattern first: Distribute(pattern, module), fold(x, pattern).",
+            )
+        self.text = pattern
+        self.lengths = _checked_lengths(pattern, lengths or {})
+        known = frozenset(self.lengths)
+        parsed = parse_pattern(pattern, known)
+        self.rules = tuple(Rule(pattern, operand, known) for operand in parsed.operands)
+        self.kwarg_rules = _kwarg_rules(pattern, fold_kwargs, known)
+        self.group_axes = parsed.group_axes
+        self.group_text = "(" + " ".join("..." if a == ELLIPSIS else a for a in self.group_axes or ()) + ")"
+        self.outputs = OutputRules(pattern, out, self.group_axes, self.lengths)
+        _check_lengths_used(pattern, self.lengths, (*self.rules, *self.kwarg_rules.values()), self.outputs.names)
+        _check_group_orders(self.group_axes, (*self.rules, *self.kwarg_rules.values()))
+        self._group_operand = parsed.folded or 0
+        self._compared = tuple(self._sizes_to_compare(rule) for rule in self.rules)
+        self._compared_kwargs = {name: self._sizes_to_compare(rule) for name, rule in self.kwarg_rules.items()}
+
+    @property
+    def single(self) -> bool:
+        """Whether the pattern has one operand, which applies to every positional tensor argument."""
+        return len(self.rules) == 1
+
+    def tensor_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[TensorArgument]:
+        """Every tensor argument that the pattern folds, positional ones first, in the order they are folded.
+
+        Raises:
+            FoldError: the tensor arguments do not fit the pattern's operands, or a keyword named in
+                ``fold_kwargs`` is not a tensor.
+        """
+        positions = self._positions(args, kwargs)
+        found = [
+            TensorArgument(position, f"argument {position}", self.rules[0 if self.single else operand], args[position])
+            for operand, position in enumerate(positions)
+        ]
+        for name, rule in self.kwarg_rules.items():
+            value = kwargs.get(name)
+            if value is not None:
+                found.append(
+                    TensorArgument(name, f"keyword argument '{name}'", rule, self._keyword_tensor(name, value))
+                )
+        return found
+
+    def fold(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> FoldedCall:
+        """Folds every tensor argument of a call, checking that they fit the pattern and agree on their sizes.
+
+        Raises:
+            FoldError: the arguments do not fit the pattern, or disagree with each other.
+        """
+        seen: dict[str, tuple[object, str, torch.Size]] = {}
+        folded_args = list(args)
+        folded_kwargs = dict(kwargs)
+        dim: int | None = None
+        sizes: Sequence[int] = ()
+        slots: list[tuple[Key, int]] = []
+        other: tuple[str, Rule] | None = None
+        carried = False
+        for key, label, rule, x in self.tensor_arguments(args, kwargs):
+            compared = self._compared_kwargs[key] if isinstance(key, str) else self._compared[rule.operand.index]
+            folded, group_sizes, group_dim = self._fold_one(rule, compared, x, label, seen)
+            if isinstance(key, str):
+                folded_kwargs[key] = folded
+            else:
+                folded_args[key] = folded
+            axes = rule.operand.group_axes
+            if axes == self.group_axes:
+                # The first positional tensor of the folded operand decides the folded dim; with none, the first
+                # keyword tensor that folds the same group does.
+                if not carried and (isinstance(key, str) or self.single or rule.operand.index == self._group_operand):
+                    carried, dim, sizes = True, group_dim, group_sizes
+                if group_dim is not None:
+                    slots.append((key, group_dim))
+            elif axes and other is None:
+                other = (label, rule)
+        return FoldedCall(tuple(folded_args), folded_kwargs, dim, sizes, tuple(slots), other)
+
+    def keyword_pattern(self) -> str | None:
+        """A ``fold_kwargs`` pattern that folds a keyword tensor's leading axes as the folded group, for hints.
+
+        ``None`` when the folded group has an ellipsis or there is none, which no simple pattern can name.
+        """
+        if not self.group_axes or ELLIPSIS in self.group_axes:
+            return None
+        axes = " ".join(self.group_axes)
+        return f"{axes} ... -> ({axes}) ..."
+
+    def _positions(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[int]:
+        """The positions of the tensor arguments, once their number is checked against the operands."""
+        positions = [i for i, arg in enumerate(args) if isinstance(arg, torch.Tensor)]
+        if self.single:
+            if positions or any(
+                kwargs.get(name) is not None and rule.operand.group_axes == self.group_axes
+                for name, rule in self.kwarg_rules.items()
+            ):
+                return positions
+        elif len(positions) == len(self.rules):
+            return positions
+        raise self._count_error(args, kwargs, positions)
+
+    def _fold_one(
+        self,
+        rule: Rule,
+        compared: tuple[frozenset[str], bool],
+        x: torch.Tensor,
+        label: str,
+        seen: dict[str, tuple[object, str, torch.Size]],
+    ) -> tuple[torch.Tensor, Sequence[int], int | None]:
+        nested, layout = x.is_nested, x.layout  # each a costly lookup on a nested tensor: read once
+        if nested or layout != torch.strided:
+            raise _layout_error(label, rule.pattern, nested, layout)
+        plan = rule.plan(x, label)
+        try:
+            folded, group_sizes, elementary = plan.apply(x, self.lengths)
+        except SizeMismatch as mismatch:
+            raise fold_error(
+                f"{label} does not fit the pattern: {mismatch.what}.",
+                pattern=rule.pattern,
+                span=rule.operand.span("lhs", mismatch.name),
+                shapes=[(label, x.shape)],
+                sizes=plan.sizes_read_off(x.shape),
+                given=self.lengths,
+                hint="Pass a tensor whose sizes match, or correct the axis lengths given as keywords.",
+            ) from None
+        names, same_group = compared
+        for name, size in zip(plan.names, elementary, strict=True):
+            if name in names:
+                self._agree(rule, name, size, label, x, seen)
+        if same_group and group_sizes is not None:
+            self._agree(rule, "(" + ELLIPSIS + ")", tuple(group_sizes), label, x, seen)
+        return folded, group_sizes or (), plan.group_dim
+
+    def _sizes_to_compare(self, rule: Rule) -> tuple[frozenset[str], bool]:
+        """Which axis names of ``rule`` must agree with other arguments, and whether its ``...`` group must.
+
+        With one operand for every argument only the folded axes must agree (other axes, such as the lengths of
+        queries and keys, may differ); with one operand per argument every shared name must.
+        """
+        names = frozenset(self.group_axes or ()) if self.single else rule.operand.names
+        same_group = ELLIPSIS in names and rule.operand.group_axes == self.group_axes
+        return frozenset(name for name in names if name != ELLIPSIS), same_group
+
+    def _agree(
+        self,
+        rule: Rule,
+        name: str,
+        size: object,
+        label: str,
+        x: torch.Tensor,
+        seen: dict[str, tuple[object, str, torch.Size]],
+    ) -> None:
+        first = seen.setdefault(name, (size, label, x.shape))
+        if first[0] != size:
+            shown = "the axes of '...'" if name.startswith("(") else f"axis '{name}'"
+            raise fold_error(
+                f"{label} disagrees with {first[1]} on {shown}: {_size_text(size)} here, {_size_text(first[0])} there.",
+                pattern=rule.pattern,
+                span=rule.operand.span("lhs", name),
+                shapes=[(first[1], first[2]), (label, x.shape)],
+                hint="Every tensor argument must have the same sizes for the folded axes"
+                + ("" if self.single else " and for every axis name operands share")
+                + ".",
+            )
+
+    def _keyword_tensor(self, name: str, value: object) -> torch.Tensor:
+        if isinstance(value, torch.Tensor):
+            return value
+        raise fold_error(
+            f"Keyword argument '{name}' is listed in fold_kwargs but is of type {type(value).__name__}, not a tensor.",
+            pattern=self.kwarg_rules[name].pattern,
+            hint="Pass a tensor, or None to leave it out.",
+        )
+
+    def _count_error(self, args: Sequence[Any], kwargs: Mapping[str, Any], positions: list[int]) -> Exception:
+        given = f"the positional arguments are ({', '.join(type(arg).__name__ for arg in args)})" if args else ""
+        unlisted = [name for name, v in kwargs.items() if isinstance(v, torch.Tensor) and name not in self.kwarg_rules]
+        listed = [name for name in self.kwarg_rules if kwargs.get(name) is not None]
+        if not self.single:
+            count = "1 positional tensor came" if len(positions) == 1 else f"{len(positions)} positional tensors came"
+            what = f"The pattern has {len(self.rules)} operands, one per positional tensor argument, but {count}"
+            what += f" ({given})" if given else ""
+            hint = (
+                "Give one comma-separated operand per positional tensor argument, or a single operand to apply to "
+                "all of them; keyword tensors are folded by their own fold_kwargs patterns."
+            )
+        elif listed:
+            what = (
+                f"The pattern needs a tensor that carries the folded group {self.group_text}, but none came: no "
+                f"positional tensor, and the keyword tensors named in fold_kwargs ({', '.join(map(repr, listed))}) "
+                "fold other axes"
+            )
+            hint = f"Pass the tensor to fold positionally, or give a keyword a pattern that folds {self.group_text}."
+        else:
+            what = "The pattern needs at least one tensor to fold, but none came" + (f": {given}" if given else "")
+            if unlisted:
+                what += f"{', and' if given else ':'} the keyword tensors {', '.join(map(repr, unlisted))} are not "
+                what += "named in fold_kwargs"
+            suggested = self.keyword_pattern()
+            hint = (
+                f"Keyword tensors are folded only when named in fold_kwargs, for example fold_kwargs="
+                f"{{{unlisted[0]!r}: {suggested!r}}}."
+                if unlisted and suggested
+                else "Pass the tensor to fold positionally, or as a keyword argument named in fold_kwargs."
+            )
+        return fold_error(
+            what + ".",
+            pattern=self.text,
+            shapes=[(f"argument {i}", args[i].shape) for i in positions],
+            hint=hint,
+        )
+
+
+def _layout_error(label: str, pattern: str, nested: bool, layout: torch.layout) -> Exception:
+    jagged = nested and layout == torch.jagged
+    if jagged:
+        hint = (
+            "fold() has no jagged form: Distribute and distribute run a module on a jagged tensor's packed frames; "
+            "or pass x.values() (the packed frames) or x.to_padded_tensor(0)."
+        )
+    elif nested:
+        hint = "Build it with layout=torch.jagged, which Distribute accepts, or convert it with x.to_padded_tensor(0)."
+    else:
+        hint = "Convert it first, for example with x.to_dense()."
+    kind = "jagged nested" if jagged else "nested" if nested else str(layout).replace("torch.", "")
+    return fold_error(
+        f"{label} is a {kind} tensor; foldaxes folds strided (dense) tensors only.", pattern=pattern, hint=hint
+    )
+
+
+def _checked_lengths(pattern: str, lengths: Mapping[str, Any]) -> dict[str, int]:
+    checked = {}
+    for name, length in sorted(lengths.items()):
+        value = positive_int(length)
+        if value is None:
+            raise fold_error(
+                f"The length of axis '{name}' must be a positive int, not {length!r}.",
+                pattern=pattern,
+                hint="Pass the pattern and the module positionally: Distribute(pattern, module)."
+                if callable(length)
+                else None,
+            )
+        checked[name] = value
+    return checked
+
+
+def _kwarg_rules(pattern: str, fold_kwargs: Mapping[str, str] | None, known: frozenset[str]) -> dict[str, Rule]:
+    if fold_kwargs is None:
+        return {}
+    example = "For example fold_kwargs={'mask': 'b t s -> (b t) s'}."
+    if not isinstance(fold_kwargs, Mapping):
+        raise fold_error(
+            f"fold_kwargs must map keyword names to patterns, not {type(fold_kwargs).__name__}.",
+            pattern=pattern,
+            hint=example,
+        )
+    rules = {}
+    for name, text in fold_kwargs.items():
+        if not isinstance(text, str):
+            raise fold_error(
+                f"fold_kwargs['{name}'] must be a pattern string, not {type(text).__name__}.",
+                pattern=pattern,
+                hint=example,
+            )
+        rules[name] = Rule(text, parse_rule(text, known, f"fold_kwargs['{name}']"), known)
+    return rules
+
+
+def _check_lengths_used(
+    pattern: str, lengths: Mapping[str, int], rules: Sequence[Rule], output_names: frozenset[str]
+) -> None:
+    used = frozenset().union(*(rule.operand.names for rule in rules), output_names)
+    for name, length in lengths.items():
+        if name not in used:
+            raise fold_error(
+                f"Axis '{name}' was given a length ({name}={length}) but no pattern uses it.",
+                pattern=pattern,
+                hint="Remove the keyword or correct its name.",
+            )
+
+
+def _check_group_orders(expected: tuple[str, ...] | None, rules: Sequence[Rule]) -> None:
+    """Refuses a group that folds the folded axes in another order: its rows would not line up."""
+    for rule in rules:
+        axes = rule.operand.group_axes
+        if expected and axes and axes != expected and sorted(axes) == sorted(expected):
+            shown = " ".join("..." if a == ELLIPSIS else a for a in expected)
+            raise fold_error(
+                f"This group folds the axes of ({shown}) in another order, so row i of one folded tensor would not "
+                "be row i of the other.",
+                pattern=rule.pattern,
+                span=rule.operand.span("rhs", axes[0]),
+                hint=f"Write every folded group in the same order: ({shown}).",
+            )
+
+
+def _size_text(size: object) -> str:
+    return f"({', '.join(str(s) for s in size)})" if isinstance(size, tuple) else str(size)
