@@ -21,7 +21,6 @@ from ._compiled import CompiledPattern, is_jagged
 from ._errors import fold_error
 from ._execution import Execution, why_partial
 from ._expanded import find_repeats, has_zero_stride
-from ._guards import random_state
 from ._masks import MASK, SAMPLE_LENGTHS, RowSelection
 from ._notes import add_fold_note
 from ._plan import MAX_RANKS, product
@@ -79,6 +78,13 @@ class Caller:
                     return self.pattern.outputs.unfold(y, start, sizes)
         pattern, execution = self.pattern, self.execution
         kwargs, selection = RowSelection.take(kwargs)
+        if selection is not None and not _any_jagged(args, kwargs, pattern.kwarg_rules):
+            _require_default_unfold(
+                pattern,
+                f"{MASK} and {SAMPLE_LENGTHS}",
+                "the valid rows are gathered from the folded group and scattered back at the folded dim of each "
+                "output.",
+            )
         # 2. Jagged: nested tensors with layout=torch.jagged run on their packed frames, with no padding or copy.
         if _any_jagged(args, kwargs, pattern.kwarg_rules):
             arguments = pattern.tensor_arguments(args, kwargs)
@@ -101,14 +107,6 @@ class Caller:
         if execution.compute_repeats_once and selection is None and not torch.compiler.is_compiling():
             repeats = find_repeats(fn, pattern.tensor_arguments(args, kwargs), pattern.group_axes, pattern.lengths)
         call = pattern.fold(*repeats.narrowed(args, kwargs)) if repeats is not None else pattern.fold(args, kwargs)
-        if selection is not None:
-            _require_default_unfold(
-                pattern,
-                f"{MASK} and {SAMPLE_LENGTHS}",
-                "the valid rows are gathered from the folded group and scattered back at the folded dim of each "
-                "output.",
-            )
-        draws = random_state(repeats.devices) if repeats is not None else None
         try:
             # 4. Plain: one call on every row.
             if execution.plain and selection is None:
@@ -120,8 +118,8 @@ class Caller:
             how = why_partial(execution, selection is not None)
             add_fold_note(error, pattern, args, kwargs, call.args, call.kwargs, call.group_sizes, how)
             raise
-        if repeats is not None and draws is not None:
-            repeats.check_no_draws(draws, pattern.text)
+        if repeats is not None:
+            repeats.check_no_draws(pattern.text)
             return repeats.unfold(pattern.outputs, result, call)
         return pattern.outputs.unfold(result, call.dim, call.group_sizes)
 

@@ -42,6 +42,7 @@ class Repeats(NamedTuple):
         sizes: Their sizes.
         names: Their names, for messages.
         devices: The devices of those tensors, whose generators a draw would change.
+        random_state: The states of those generators before the call.
     """
 
     narrow: tuple[tuple[Key, tuple[int, ...]], ...]
@@ -49,6 +50,7 @@ class Repeats(NamedTuple):
     sizes: tuple[int, ...]
     names: tuple[str, ...]
     devices: tuple[torch.device, ...]
+    random_state: list[torch.Tensor]
 
     def narrowed(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
         """The call's arguments with one copy of each repeated axis: views of size 1 there."""
@@ -63,14 +65,14 @@ class Repeats(NamedTuple):
                 call_kwargs[key] = x
         return call_args, call_kwargs
 
-    def check_no_draws(self, before: list[torch.Tensor], pattern: str) -> None:
-        """Raises when the default generators moved since ``before``: a draw that every copy would share.
+    def check_no_draws(self, pattern: str) -> None:
+        """Raises when the default generators moved since the repeats were found: a draw every copy would share.
 
         Raises:
             FoldError: a generator's state changed.
         """
         after = random_state(self.devices)
-        if all(torch.equal(old, new) for old, new in zip(before, after, strict=True)):
+        if all(torch.equal(old, new) for old, new in zip(self.random_state, after, strict=True)):
             return
         raise fold_error(
             f"The module drew random numbers while it computed the rows repeated along {', '.join(self.names)} "
@@ -114,6 +116,7 @@ def find_repeats(
 
     An axis counts only where it stands alone in an input dim, has more than one element, and has no length
     given as a keyword. ``None`` when there is none, or when ``fn`` carries a layer whose copies would differ.
+    The states of the default generators are read last, to be compared once ``fn`` has run.
     """
     common: set[int] | None = None
     sizes: dict[int, int] = {}
@@ -145,10 +148,12 @@ def find_repeats(
     if not common or per_copy_randomness(fn) is not None:
         return None
     positions = tuple(sorted(common))
+    devices = tuple(argument.tensor.device for argument in arguments)
     return Repeats(
         narrow=tuple((key, tuple(repeated[p] for p in positions)) for key, repeated in found),
         positions=positions,
         sizes=tuple(sizes[p] for p in positions),
         names=tuple("..." if names[p].startswith(ELLIPSIS) else names[p] for p in positions),
-        devices=tuple(argument.tensor.device for argument in arguments),
+        devices=devices,
+        random_state=random_state(devices),
     )
