@@ -7,6 +7,14 @@ Examples:
     torch.Size([2, 4, 3, 8, 14, 14])
 """
 
+import warnings as _warnings
+
+# torch warns when it is imported without numpy (pytorch/pytorch#115638). foldaxes never needs numpy, and the
+# warning would be the first thing `python -m foldaxes` prints, so it is silenced for this one import of torch.
+with _warnings.catch_warnings():
+    _warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
+    import torch as _torch  # noqa: F401
+
 from ._errors import FoldError as FoldError
 from ._explain import Explanation as Explanation
 from ._explain import explain as explain

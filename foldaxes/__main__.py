@@ -2,7 +2,7 @@
 
 Commands:
     demo: Train a small multi-view video classifier for one step on synthetic data, check the folded encoder
-        against a per-frame loop, and time it against the classic ``.contiguous().view`` recipe.
+        against a per-frame loop, and count what its fold copies beside the classic ``.contiguous().view`` recipe.
     explain: Fold an example tensor of a given shape and layout (allocating nothing) and say whether the fold
         is a view or a copy, which strides decide it, and how an output unfolds.
 """
@@ -13,6 +13,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from foldaxes._demo import run_demo
 from foldaxes._errors import FoldError
 from foldaxes._explain import explain_layout
 
@@ -23,8 +24,6 @@ USAGE_ERROR = 2
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from foldaxes._demo import run_demo  # imports torch.utils.benchmark: only when the demo runs
-
     seed: int = args.seed
     return run_demo(seed=seed)
 
@@ -35,8 +34,12 @@ def _explain(args: argparse.Namespace) -> int:
         if lengths.setdefault(name, length) != length:
             print(f"error: axis '{name}' is given two lengths, {lengths[name]} and {length}", file=sys.stderr)
             return USAGE_ERROR
+    # Messages name the input as the command line gave it, not as fold's "argument 0".
+    label = "--shape " + ",".join(str(size) for size in args.shape)
     try:
-        report = explain_layout(args.pattern, args.shape, args.strides, args.channels_last, args.time_major, lengths)
+        report = explain_layout(
+            args.pattern, args.shape, args.strides, args.channels_last, args.time_major, lengths, label=label
+        )
     except FoldError as error:
         print(f"error: {error}", file=sys.stderr)
         return USAGE_ERROR
@@ -78,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
         help="run a self-checking walkthrough on synthetic data",
         description=(
             "Wrap a per-frame CNN with Distribute over (batch, time, views), run one training step of a "
-            "video classifier, check against a per-frame loop and time against the classic recipe."
+            "video classifier, check it against a per-frame loop, and count the bytes its fold copies beside "
+            "the classic .contiguous().view recipe."
         ),
     )
     demo.add_argument("--seed", type=int, default=0, help="seed for the data and the weights (default: 0)")

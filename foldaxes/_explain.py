@@ -15,10 +15,10 @@ from itertools import pairwise
 
 import torch
 
-from ._errors import FoldError, format_message
+from ._errors import fold_error, positive_int, shown
 from ._fold import fold, unfold
 from ._pattern import ELLIPSIS, parse_pattern
-from ._plan import Plan, Rule, product
+from ._plan import Plan, Rule, SizeMismatch, product
 
 __all__ = ["Explanation", "explain", "explain_layout"]
 
@@ -38,7 +38,8 @@ class Explanation:
 
     Attributes:
         pattern: The pattern explained.
-        layout: How the example input is stored, in words (``"contiguous"``, ``"channels_last frames"``...).
+        layout: How the input is stored, in words read off its strides (``"contiguous"``, ``"every (c h w) frame
+            stored channels_last"``, ``"dense but permuted: x.permute(1, 0, 2) is contiguous"``...).
         input_shape: The sizes of the example input.
         input_strides: Its strides.
         folded_shape: The sizes of the tensor the module receives.
@@ -134,7 +135,7 @@ class Explanation:
 
 def explain(
     pattern: str,
-    shape: Sequence[int],
+    x: torch.Tensor | Sequence[int],
     /,
     *,
     channels_last: bool = False,
@@ -142,113 +143,133 @@ def explain(
     strides: Sequence[int] | None = None,
     **axes_lengths: int,
 ) -> Explanation:
-    """Folds an example tensor by ``pattern`` and says whether the fold is a view or a copy, and why.
+    """Says whether ``pattern`` folds a tensor, or one of a given shape and layout, by a view or a copy, and why.
 
-    The example is a ``meta`` tensor, so no memory is allocated, however large ``shape`` is; view and copy
-    follow the same rules on the meta device as on any other. The fold is ``foldaxes.fold`` itself, and the
-    verdict is read off its result.
+    Given a tensor, ``explain`` reads its shape and strides (and so its memory layout) and nothing else: the
+    tensor is neither folded nor copied, so ``explain(pattern, x)`` is ``explain(pattern, x.shape,
+    strides=x.stride())``. Given a shape, the example is a ``meta`` tensor of that shape and the layout the
+    keywords describe, so no memory is allocated however large ``shape`` is; view and copy follow the same rules
+    on the meta device as on any other. The fold is ``foldaxes.fold`` itself, and the verdict is read off its
+    result.
 
     Args:
         pattern: A single-operand pattern such as ``"b t c h w -> (b t) c h w"``.
-        shape: The sizes of the input, for example ``(2, 8, 3, 224, 224)``.
+        x: The input tensor, of which only the shape and strides are read, or its sizes, for example
+            ``(2, 8, 3, 224, 224)``.
         channels_last: Store each frame (the last three dims, ``c h w``) channels_last, as a channels_last
-            convolution returns it.
+            convolution returns it; only with a shape.
         time_major: Store the first two axes swapped: the input is ``buffer.transpose(0, 1)`` of a contiguous
-            ``(T, B, ...)`` buffer, which is what a time-major pipeline hands to a batch-first pattern.
-        strides: Explicit strides for the input, for example ``x.stride()``; not with the two flags above.
+            ``(T, B, ...)`` buffer, which is what a time-major pipeline hands to a batch-first pattern; only
+            with a shape.
+        strides: Explicit strides for the input, for example ``x.stride()``; only with a shape, and not with
+            the two flags above.
         **axes_lengths: Lengths of axes that cannot be read off the shape, as for ``fold``.
 
     Returns:
         An ``Explanation``; ``print`` it for the report.
 
     Raises:
-        FoldError: the pattern is malformed or has several operands, or the shape does not fit it or the
-            layout asked for.
+        FoldError: the pattern is malformed or has several operands, or the input does not fit it, or the layout
+            keywords do not fit the shape (or come with a tensor, whose own strides say its layout).
 
     Examples:
-        >>> import foldaxes
-        >>> report = foldaxes.explain("b t c h w -> (b t) c h w", (2, 8, 3, 224, 224), time_major=True)
+        >>> import torch, foldaxes
+        >>> buffer = torch.zeros(8, 2, 3, 32, 32)  # (time, batch, ...), as a time-major pipeline stores it
+        >>> x = buffer.transpose(0, 1)  # the same memory seen batch-first
+        >>> report = foldaxes.explain("b t c h w -> (b t) c h w", x)
         >>> report.is_view, report.folded_shape
-        (False, (16, 3, 224, 224))
+        (False, (16, 3, 32, 32))
+        >>> print(report.layout)
+        time-major, x.transpose(0, 1) of a contiguous buffer whose first two axes are swapped
+        >>> report == foldaxes.explain("b t c h w -> (b t) c h w", x.shape, strides=x.stride())
+        True
+        >>> foldaxes.explain("b t c h w -> (t b) c h w", x).is_view
+        True
+
+        A shape alone, with its layout as keywords, answers for a tensor too large to make:
+
+        >>> report = foldaxes.explain("b t c h w -> (b t) c h w", (2, 8, 3, 224, 224), time_major=True)
         >>> print(report.reason)
         (b t) cannot be one axis: b's stride 150528 (= c*h*w) would have to be t's size 8 times t's stride
         301056 (= b*c*h*w), 2408448.
-        >>> foldaxes.explain("b t c h w -> (t b) c h w", (2, 8, 3, 224, 224), time_major=True).is_view
-        True
     """
-    return explain_layout(pattern, shape, strides, channels_last, time_major, axes_lengths)
+    return explain_layout(pattern, x, strides, channels_last, time_major, axes_lengths)
 
 
 def explain_layout(
     pattern: str,
-    shape: Sequence[int],
+    x: torch.Tensor | Sequence[int],
     strides: Sequence[int] | None,
     channels_last: bool,
     time_major: bool,
     lengths: Mapping[str, int],
+    label: str = "the input",
 ) -> Explanation:
-    """``explain`` with the lengths as a mapping, so that an axis may be named like a keyword of ``explain``."""
+    """``explain`` with the lengths as a mapping, so that an axis may be named like a keyword of ``explain``.
+
+    ``label`` names the input in messages: the command line passes ``"--shape 2,8,3"``, as its user wrote it.
+    """
+    if not isinstance(pattern, str):
+        raise fold_error(
+            f"explain takes the pattern first, then the tensor or its shape, but the pattern is {_described(pattern)}.",
+            pattern=None,
+            hint="Write foldaxes.explain(pattern, x), for example explain('b t c -> (b t) c', x).",
+        )
+    for name, length in lengths.items():
+        if positive_int(length) is None:
+            raise fold_error(
+                f"The length of axis '{name}' must be a positive int, not {_described(length)}.",
+                pattern=pattern,
+                hint=f"For example {name}=2.",
+            )
     parsed = parse_pattern(pattern, frozenset(lengths))
     if len(parsed.operands) != 1:
         parts = zip(pattern.split("->")[0].split(","), pattern.split("->")[1].split(","), strict=True)
         each = ", then ".join(f"'{lhs.strip()} -> {rhs.strip()}'" for lhs, rhs in parts)
-        raise FoldError(
-            format_message(
-                f"explain describes one tensor, but this pattern has {len(parsed.operands)} operands.",
-                pattern=pattern,
-                hint=f"Explain each operand on its own: {each}.",
-            )
+        raise fold_error(
+            f"explain describes one tensor, but this pattern has {len(parsed.operands)} operands.",
+            pattern=pattern,
+            hint=f"Explain each operand on its own: {each}.",
         )
-    sizes = _checked_ints(pattern, "shape", shape)
-    if strides is None:
-        layout, steps = _layout(pattern, sizes, channels_last, time_major)
-    elif channels_last or time_major:
-        raise FoldError(
-            format_message(
-                "Give either strides or the channels_last / time_major flags, not both.",
-                pattern=pattern,
-                hint="The strides describe the whole layout.",
-            )
-        )
-    else:
-        steps = _checked_ints(pattern, "strides", strides)
-        if len(steps) != len(sizes):
-            raise FoldError(
-                format_message(
-                    f"The shape has {len(sizes)} dims but {len(steps)} strides were given.",
-                    pattern=pattern,
-                    shapes=[("input", sizes)],
-                    hint="Give one stride per dim, as x.stride() returns them.",
-                )
-            )
-        layout = ""
+    sizes, steps = _sizes_and_strides(pattern, label, x, strides, channels_last, time_major)
     try:
-        x = torch.empty_strided(sizes, steps, device="meta")
-    except (RuntimeError, TypeError) as error:  # sizes or strides beyond int64, or a numel that overflows it
-        raise FoldError(
-            format_message(
-                f"No tensor can have this shape and these strides: {str(error).splitlines()[0]}",
-                pattern=pattern,
-                shapes=[("input", sizes)],
-                hint="Give sizes whose product fits in 64 bits.",
-            )
+        example = torch.empty_strided(sizes, steps, device="meta")
+    except (RuntimeError, TypeError):  # sizes or strides beyond int64, or a numel that overflows it
+        raise fold_error(
+            "No tensor can have this shape and these strides: a size, a stride or the number of elements "
+            "does not fit in 64 bits.",
+            pattern=pattern,
+            shapes=[(label, sizes)],
+            hint="Give sizes whose product fits in 64 bits.",
         ) from None
-    if not layout:
-        layout = "the strides given" + (" (contiguous)" if x.is_contiguous() else "")
-    folded, spec = fold(x, pattern, **lengths)
+
+    # The plan is checked here, before fold, so that a message names the input as the caller gave it.
+    plan = Rule(pattern, parsed.operands[0], frozenset(lengths)).plan(example, label)
+    try:
+        plan.apply(example, lengths)
+    except SizeMismatch as mismatch:
+        raise fold_error(
+            f"{label} does not fit the pattern: {mismatch.what}.",
+            pattern=pattern,
+            span=parsed.operands[0].span("lhs", mismatch.name),
+            shapes=[(label, sizes)],
+            sizes=plan.sizes_read_off(sizes),
+            given=lengths,
+            hint="Give a shape whose sizes match, or correct the axis lengths.",
+        ) from None
+    folded, spec = fold(example, pattern, **lengths)
     output = torch.empty(folded.shape, device="meta")
     unfolded = unfold(output, spec)
-    is_view = _root(folded) is x
+    is_view = _root(folded) is example
 
-    plan = Rule(pattern, parsed.operands[0], frozenset(lengths)).plan(x, "input")
-    axes = _elementary_axes(plan, x, lengths)
-    reason, hint = _reason(plan, axes, is_view, x.numel() == 0)
+    axes = _elementary_axes(plan, example, lengths)
+    reason, hint = _reason(plan, axes, is_view, example.numel() == 0)
     group = tuple(_shown(axis.name) for axis in axes[plan.group[0] : plan.group[1]]) if plan.group is not None else ()
     return Explanation(
         pattern=pattern,
-        layout=layout,
+        layout=_layout_words(example),
         input_shape=tuple(sizes),
-        input_strides=tuple(x.stride()),
+        input_strides=tuple(example.stride()),
         folded_shape=tuple(folded.shape),
         folded_strides=tuple(folded.stride()),
         folded_layout=_memory_format(folded),
@@ -262,6 +283,44 @@ def explain_layout(
         unfolded_shape=tuple(unfolded.shape),
         unfold_is_view=_root(unfolded) is output,
     )
+
+
+def _sizes_and_strides(
+    pattern: str,
+    label: str,
+    x: torch.Tensor | Sequence[int],
+    strides: Sequence[int] | None,
+    channels_last: bool,
+    time_major: bool,
+) -> tuple[list[int], list[int]]:
+    """The input's sizes and strides: read off the tensor, or the shape given with its strides or layout flags."""
+    if isinstance(x, torch.Tensor):
+        if strides is not None or channels_last or time_major:
+            raise fold_error(
+                "A tensor's own strides say how it is stored: give strides, channels_last or time_major "
+                "with a shape only.",
+                pattern=pattern,
+                hint="Pass x alone, or x.shape with the layout to explain.",
+            )
+        return _read_off(pattern, x)
+    sizes = _checked_ints(pattern, "shape", x)
+    if strides is None:
+        return sizes, _layout(pattern, label, sizes, channels_last, time_major)
+    if channels_last or time_major:
+        raise fold_error(
+            "Give either the strides or the channels_last / time_major flags, not both.",
+            pattern=pattern,
+            hint="The strides describe the whole layout.",
+        )
+    steps = _checked_ints(pattern, "strides", strides)
+    if len(steps) != len(sizes):
+        raise fold_error(
+            f"The shape has {len(sizes)} dims but {len(steps)} strides were given.",
+            pattern=pattern,
+            shapes=[(label, sizes)],
+            hint="Give one stride per dim, as x.stride() returns them.",
+        )
+    return sizes, steps
 
 
 @dataclass(frozen=True)
@@ -339,7 +398,8 @@ def _hint(members: list[_Axis], outer: _Axis, inner: _Axis, axes: list[_Axis]) -
     if repeated:
         return (
             f"{_shown(repeated[0].name)} has stride 0: the input repeats along it, as expand() makes. "
-            "Distribute runs the module on one copy of such an input rather than folding every repeat."
+            "Distribute(..., compute_repeats_once=True) runs the module on one copy of such an input rather than "
+            "folding every repeat."
         )
     in_memory = sorted(members, key=lambda axis: -axis.stride)
     if in_memory != members and _blocking_pair(in_memory) is None:
@@ -368,19 +428,23 @@ def _stride(axis: _Axis, axes: list[_Axis]) -> str:
     return str(axis.stride)
 
 
-def _layout(pattern: str, sizes: list[int], channels_last: bool, time_major: bool) -> tuple[str, list[int]]:
-    """Words for the layout, and its strides: each frame channels_last, the first two axes stored swapped."""
+def _layout(pattern: str, label: str, sizes: list[int], channels_last: bool, time_major: bool) -> list[int]:
+    """The strides of the layout the flags describe, after checking that the shape has the dims they need."""
     ndim = len(sizes)
     for flag, needed, what in ((channels_last, 3, "channels_last frames (c h w)"), (time_major, 2, "time_major")):
         if flag and ndim < needed:
-            raise FoldError(
-                format_message(
-                    f"{what} needs at least {needed} dims, but the shape has {ndim}.",
-                    pattern=pattern,
-                    shapes=[("input", sizes)],
-                    hint="Give the full shape of the tensor, or drop the flag.",
-                )
+            raise fold_error(
+                f"{what} needs at least {needed} dims, but the shape has {ndim}.",
+                pattern=pattern,
+                shapes=[(label, sizes)],
+                hint="Give the full shape of the tensor, or drop the flag.",
             )
+    return _flag_strides(sizes, channels_last, time_major)
+
+
+def _flag_strides(sizes: list[int], channels_last: bool, time_major: bool) -> list[int]:
+    """Dense strides with each frame (the last three dims) channels_last and the first two axes stored swapped."""
+    ndim = len(sizes)
     order = list(range(ndim))  # dims from outermost to innermost in memory
     if time_major:
         order[0], order[1] = 1, 0
@@ -391,27 +455,90 @@ def _layout(pattern: str, sizes: list[int], channels_last: bool, time_major: boo
     for dim in reversed(order):
         strides[dim] = step
         step *= max(sizes[dim], 1)
-    words = []
-    if time_major:
-        words.append("time-major, x.transpose(0, 1) of a contiguous buffer whose first two axes are swapped")
-    if channels_last:
-        words.append("every (c h w) frame stored channels_last")
-    return ", ".join(words) or "contiguous", strides
+    return strides
 
 
-def _checked_ints(pattern: str, what: str, values: Sequence[int]) -> list[int]:
+_FLAG_LAYOUTS = (
+    (True, False, 3, "every (c h w) frame stored channels_last"),
+    (False, True, 2, "time-major, x.transpose(0, 1) of a contiguous buffer whose first two axes are swapped"),
+    (
+        True,
+        True,
+        3,
+        "time-major, x.transpose(0, 1) of a contiguous buffer whose first two axes are swapped, "
+        "every (c h w) frame stored channels_last",
+    ),
+)
+"""``(channels_last, time_major, dims needed, words)``: the layouts the flags make, named as the flags name them."""
+
+
+def _layout_words(x: torch.Tensor) -> str:
+    """How ``x`` is stored, in words read off its strides alone, so that a shape with strides reads as its tensor."""
+    if x.is_contiguous():
+        return "contiguous"
+    sizes, strides = list(x.shape), x.stride()
+    for channels_last, time_major, needed, words in _FLAG_LAYOUTS:
+        flagged = _flag_strides(sizes, channels_last, time_major) if len(sizes) >= needed else None
+        # Only the strides of dims longer than 1 say anything about where elements lie, as for is_contiguous.
+        if flagged is not None and all(a == b for a, b, size in zip(strides, flagged, sizes, strict=True) if size > 1):
+            return words
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return "channels_last_3d"
+    order = sorted(range(x.dim()), key=lambda dim: -strides[dim])
+    repeated = [dim for dim in range(x.dim()) if strides[dim] == 0 and sizes[dim] > 1]
+    if repeated:
+        return f"not dense: it repeats along dim {repeated[0]} (stride 0), as expand() makes"
+    step = 1
+    for dim in reversed(order):
+        if sizes[dim] == 1:
+            continue
+        if strides[dim] < step:
+            return "not dense: its elements overlap in memory, as as_strided() can make"
+        if strides[dim] > step:
+            return "not dense: there are gaps in memory between its elements, as a crop or a step (x[..., ::2]) makes"
+        step *= sizes[dim]
+    return f"dense but permuted: x.permute{tuple(order)} is contiguous"
+
+
+def _read_off(pattern: str, x: torch.Tensor) -> tuple[list[int], list[int]]:
+    """The sizes and strides of a strided tensor, the only things ``explain`` reads from it."""
+    if x.is_nested or x.layout != torch.strided:
+        kind = "nested" if x.is_nested else str(x.layout).replace("torch.", "")
+        raise fold_error(
+            f"explain reads the strides of a strided (dense) tensor, but this is a {kind} tensor of dtype {x.dtype}.",
+            pattern=pattern,
+            hint="Explain the dense tensor it would become, for example x.to_dense() or x.to_padded_tensor(0).",
+        )
+    return list(x.shape), list(x.stride())
+
+
+def _checked_ints(pattern: str, what: str, values: object) -> list[int]:
+    if not isinstance(values, Sequence) or isinstance(values, str):
+        raise fold_error(
+            f"The {what} must be a sequence of non-negative ints, not {_described(values)}.",
+            pattern=pattern,
+            hint="For example shape (2, 8, 3, 224, 224), or the tensor itself: explain(pattern, x).",
+        )
     checked = []
-    for value in values:
+    for index, value in enumerate(values):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise FoldError(
-                format_message(
-                    f"The {what} must be non-negative ints, not {tuple(values)!r}.",
-                    pattern=pattern,
-                    hint="For example shape (2, 8, 3, 224, 224).",
-                )
+            raise fold_error(
+                f"The {what} must be non-negative ints, but item {index} is {_described(value)}.",
+                pattern=pattern,
+                hint="For example shape (2, 8, 3, 224, 224), or the tensor itself: explain(pattern, x).",
             )
         checked.append(value)
     return checked
+
+
+def _described(value: object) -> str:
+    """``value`` as a message shows it: a tensor or array by its dtype and shape, a container by its type alone.
+
+    A container is not shown by its ``repr``, which would print the values of any tensor inside it.
+    """
+    if (hasattr(value, "shape") and hasattr(value, "dtype")) or value is None or isinstance(value, int | float | str):
+        return shown(value)
+    return f"a {type(value).__name__}"
 
 
 def _root(x: torch.Tensor) -> torch.Tensor:

@@ -130,6 +130,7 @@ class TestCompiled:
 
 
 class TestEndToEnd:
+    @pytest.mark.slow  # a whole benchmark run, about 3 s
     def test_a_small_run_prints_targets_and_summary(self, capsys: pytest.CaptureFixture[str]) -> None:
         argv = ["--only", "A-Linear,B,H", "--scale", "8", "--rounds", "2", "--seconds", "0.001", "--no-write"]
         assert benchmarks_main.main([*argv, "--no-keras"]) == 0

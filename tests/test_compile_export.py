@@ -175,6 +175,7 @@ class TestCompile:
         else:
             assert 1 <= len(graphs) <= 2
 
+    @pytest.mark.slow  # inductor compiles C++: about 9 s on a cold cache
     def test_inductor(self) -> None:
         case = CASES["conv"]
         model = case.make()

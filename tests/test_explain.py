@@ -17,6 +17,7 @@ from typing import Any
 import einops
 import pytest
 import torch
+from conftest import allocations
 
 import foldaxes
 from foldaxes.__main__ import main
@@ -69,6 +70,7 @@ def test_verdict_and_shapes_match_a_real_tensor(
     report = foldaxes.explain(pattern, shape, channels_last=channels_last, time_major=time_major, **lengths)
     x = real(shape, channels_last, time_major)
     assert report.input_strides == x.stride()
+    assert foldaxes.explain(pattern, x, **lengths) == report  # the flags name the layout as the tensor's strides do
     assert report.is_view == rearranged_is_view(x, pattern, **lengths)
     folded, spec = foldaxes.fold(x, pattern, **lengths)
     assert report.folded_shape == folded.shape
@@ -101,6 +103,104 @@ def test_verdict_matches_real_tensors_for_any_strides(pattern: str) -> None:
         expected = rearranged_is_view(x, pattern)
         assert report.is_view == expected, (x.shape, x.stride(), str(report))
         assert ("cannot be one axis" not in report.reason) == expected, report.reason
+
+
+# ---- a tensor instead of a shape --------------------------------------------------------------------------------
+
+
+def contiguous() -> torch.Tensor:
+    return torch.randn(2, 8, 3, 6, 5)
+
+
+def channels_last_4d() -> torch.Tensor:
+    return torch.randn(2, 3, 6, 5).contiguous(memory_format=CL)
+
+
+def channels_last_frames() -> torch.Tensor:
+    return torch.randn(16, 3, 6, 5).contiguous(memory_format=CL).view(2, 8, 3, 6, 5)
+
+
+def time_major() -> torch.Tensor:
+    return torch.randn(8, 2, 3, 6, 5).transpose(0, 1)
+
+
+def sliced() -> torch.Tensor:
+    return torch.randn(2, 8, 3, 6, 10)[:, 1:, :, :, ::2]
+
+
+def cropped_in_time() -> torch.Tensor:
+    return torch.randn(2, 8, 3, 6, 5)[:, :4]
+
+
+def repeated() -> torch.Tensor:
+    return torch.randn(2, 1, 3, 6, 5).expand(2, 8, 3, 6, 5)
+
+
+def permuted() -> torch.Tensor:
+    return torch.randn(6, 5, 2, 8, 3).permute(2, 3, 4, 0, 1)
+
+
+def channels_last_3d() -> torch.Tensor:
+    return torch.randn(2, 3, 4, 6, 5).contiguous(memory_format=torch.channels_last_3d)
+
+
+TENSORS = [contiguous, channels_last_4d, channels_last_frames, time_major, sliced, cropped_in_time, repeated, permuted]
+TENSOR_IDS = [make.__name__.replace("_", "-") for make in TENSORS]
+PATTERNS = {4: "b c h w -> (b c) h w", 5: "b t c h w -> (b t) c h w"}
+
+
+@pytest.mark.parametrize("make", TENSORS, ids=TENSOR_IDS)
+def test_a_tensor_explains_as_its_shape_and_strides(make: Any) -> None:
+    x = make()
+    pattern = PATTERNS[x.dim()]
+    report = foldaxes.explain(pattern, x)
+    assert report == foldaxes.explain(pattern, x.shape, strides=x.stride())
+    assert report.input_shape == tuple(x.shape)
+    assert report.input_strides == x.stride()
+    assert report.is_view == rearranged_is_view(x, pattern)
+    folded, _ = foldaxes.fold(x, pattern)
+    assert report.folded_shape == folded.shape
+    assert report.folded_strides == folded.stride()
+
+
+def test_a_tensor_is_read_not_folded_or_copied() -> None:
+    x = time_major()  # its fold copies: explain must not make that copy, nor touch x
+    before = x.clone()
+    _, allocated = allocations(lambda: foldaxes.explain("b t c h w -> (b t) c h w", x))
+    assert sum(allocated) < x.nbytes
+    assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        pytest.param(contiguous, "contiguous", id="contiguous"),
+        pytest.param(channels_last_4d, "every (c h w) frame stored channels_last", id="channels-last-4d"),
+        pytest.param(channels_last_frames, "every (c h w) frame stored channels_last", id="channels-last-frames"),
+        pytest.param(
+            time_major,
+            "time-major, x.transpose(0, 1) of a contiguous buffer whose first two axes are swapped",
+            id="time-major",
+        ),
+        pytest.param(channels_last_3d, "channels_last_3d", id="channels-last-3d"),
+        pytest.param(repeated, "not dense: it repeats along dim 1 (stride 0), as expand() makes", id="repeated"),
+        pytest.param(sliced, "not dense: there are gaps in memory between its elements", id="sliced"),
+        pytest.param(cropped_in_time, "not dense: there are gaps in memory between its elements", id="cropped"),
+    ],
+)
+def test_the_layout_is_named_from_the_strides(make: Any, words: str) -> None:
+    x = make()
+    assert foldaxes.explain("b ... -> b (...)", x).layout.startswith(words)
+
+
+def test_a_permuted_layout_names_the_permute_that_makes_it_contiguous() -> None:
+    x = permuted()
+    layout = foldaxes.explain("b ... -> b (...)", x).layout
+    found = re.fullmatch(r"dense but permuted: x\.permute\(([\d, ]+)\) is contiguous", layout)
+    assert found is not None, layout
+    order = [int(dim) for dim in found[1].split(",")]
+    assert sorted(order) == list(range(x.dim()))
+    assert x.permute(order).is_contiguous()
 
 
 def test_copy_reason_names_the_real_strides() -> None:
@@ -218,6 +318,27 @@ def test_bad_input_exits_2_with_the_message(argv: list[str], message: str, capsy
     assert captured.out == ""
     assert captured.err.startswith("error: ")
     assert message in captured.err
+    assert "argument" not in captured.err  # the command line has options, not fold's positional arguments
+
+
+@pytest.mark.parametrize(
+    ("argv", "first_line"),
+    [
+        pytest.param(
+            ["b t c -> (b t) c", "--shape", "2 3"], "error: --shape 2,3 has 2 dims, but 'b t c' expects 3.", id="rank"
+        ),
+        pytest.param(
+            ["b (t v) c -> (b t v) c", "--shape", "2,5,3", "--lengths", "v=2"],
+            "error: --shape 2,5,3 does not fit the pattern: dim 1 of size 5 cannot be split into (t v) with v=2.",
+            id="split",
+        ),
+    ],
+)
+def test_cli_messages_name_the_input_by_its_option(
+    argv: list[str], first_line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["explain", *argv]) == 2
+    assert capsys.readouterr().err.splitlines()[0] == first_line
 
 
 @pytest.mark.parametrize(
@@ -235,6 +356,56 @@ def test_bad_command_line_is_a_usage_error(argv: list[str], capsys: pytest.Captu
         main(["explain", *argv])
     assert excinfo.value.code == 2
     assert "usage: python -m foldaxes explain" in capsys.readouterr().err
+
+
+# ---- messages ------------------------------------------------------------------------------------------------
+
+SENTINEL = 987654.0
+"""A value that a message would show if it printed a tensor's values."""
+
+
+def filled(*shape: int) -> torch.Tensor:
+    return torch.full(shape, SENTINEL)
+
+
+@pytest.mark.parametrize(
+    ("call", "named"),
+    [
+        pytest.param(
+            lambda: foldaxes.explain(filled(2, 3), "b t -> (b t)"), "Tensor of dtype torch.float32", id="swapped"
+        ),
+        pytest.param(
+            lambda: foldaxes.explain("b t -> (b t)", [filled(), 3]), "Tensor of dtype torch.float32", id="shape-item"
+        ),
+        pytest.param(lambda: foldaxes.explain("b t -> (b t)", [[filled(2)], 3]), "item 0 is a list", id="shape-list"),
+        pytest.param(lambda: foldaxes.explain("b t -> (b t)", {"b": filled(2)}), "not a dict", id="shape-dict"),
+        pytest.param(
+            lambda: foldaxes.explain("b t -> (b t)", (2, 3), strides=filled(2)), "shape (2,)", id="strides-tensor"
+        ),
+        pytest.param(
+            lambda: foldaxes.explain("b (t v) -> (b t v)", (2, 6), v=filled(2)), "shape (2,)", id="length-tensor"
+        ),
+        pytest.param(lambda: foldaxes.explain("b t -> (b t)", filled(2, 3), time_major=True), "shape", id="with-flags"),
+        pytest.param(lambda: foldaxes.explain("b t c -> (b t) c", filled(2, 3)), "shape (2, 3)", id="wrong-rank"),
+        pytest.param(
+            lambda: foldaxes.explain("b (t v) -> (b t v)", filled(2, 5), v=2), "shape (2, 5)", id="cannot-split"
+        ),
+        pytest.param(
+            lambda: foldaxes.explain(
+                "b j d -> (b j) d", torch.nested.nested_tensor([filled(2, 3), filled(4, 3)], layout=torch.jagged)
+            ),
+            "nested tensor of dtype torch.float32",
+            id="nested",
+        ),
+    ],
+)
+def test_messages_name_a_tensor_by_dtype_and_shape_never_its_values(call: Any, named: str) -> None:
+    with pytest.raises(foldaxes.FoldError) as excinfo:
+        call()
+    text = str(excinfo.value)
+    assert "987654" not in text and "tensor([" not in text, text
+    assert named in text, text
+    assert "argument 0" not in text, text
 
 
 def test_python_api_errors_are_fold_errors() -> None:

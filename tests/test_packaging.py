@@ -66,11 +66,13 @@ def fresh_imports(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[float,
     return runs
 
 
+@pytest.mark.slow  # with the next test: fresh interpreters that import torch, about 6 s
 def test_import_adds_little_to_import_torch(fresh_imports: list[tuple[float, str, bool]]) -> None:
     best = min(seconds for seconds, _, _ in fresh_imports)
     assert best < IMPORT_BOUND_S, f"import foldaxes took {best * 1e3:.0f} ms at best over {IMPORT_RUNS} runs"
 
 
+@pytest.mark.slow
 def test_import_loads_no_torch_submodule(fresh_imports: list[tuple[float, str, bool]]) -> None:
     """torch._dynamo (over a second to import) and the rest of torch load only when a user asks for them."""
     for _, added, dynamo in fresh_imports:
