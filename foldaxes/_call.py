@@ -24,11 +24,21 @@ from ._expanded import find_repeats, has_zero_stride
 from ._masks import MASK, SAMPLE_LENGTHS, RowSelection
 from ._notes import add_fold_note
 from ._plan import MAX_RANKS, product
+from ._program import MISS, InputProgram, OutputProgram, record_outputs
 from ._ragged import call_jagged
+from ._records import FoldedCall
 
 __all__ = ["Caller", "check_callable"]
 
 _STRIDED = torch.strided
+Structure = tuple[Any, ...] | int
+"""A call's structure, under which its programs are kept: its number of positional arguments, and its keywords."""
+_FAST: Structure = ("fast path",)
+"""The call structure under which the fast path keeps the program for outputs that are not one tensor."""
+_MAX_STRUCTURES = 64
+_PROGRAMS_PER_STRUCTURE = 4
+_UNRECORDED = OutputProgram(lambda value, env: MISS)
+"""Stands for a structure with no output program yet: it unfolds nothing, so the full path runs and records one."""
 
 
 class Caller:
@@ -56,6 +66,8 @@ class Caller:
         self._fast = pattern.single and pattern.outputs.out is None and execution.plain
         self._repeats_once = execution.compute_repeats_once
         self._flatten_spans: dict[int, tuple[int, int] | None] = {}
+        self._inputs: dict[Structure, tuple[InputProgram, ...]] = {}
+        self._outputs: dict[Structure, OutputProgram | None] = {}
 
     def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
         """Folds ``args`` and ``kwargs``, calls ``fn`` by the first path that applies, and unfolds its outputs."""
@@ -75,43 +87,56 @@ class Caller:
                         raise
                     if isinstance(y, torch.Tensor) and y.ndim > start and y.shape[start] == product(sizes):
                         return torch.unflatten(y, start, sizes)
-                    return self.pattern.outputs.unfold(y, start, sizes)
+                    return self._unfold(y, start, sizes, _FAST)
         pattern, execution = self.pattern, self.execution
-        kwargs, selection = RowSelection.take(kwargs)
-        if selection is not None and not _any_jagged(args, kwargs, pattern.kwarg_rules):
-            _require_default_unfold(
-                pattern,
-                f"{MASK} and {SAMPLE_LENGTHS}",
-                "the valid rows are gathered from the folded group and scattered back at the folded dim of each "
-                "output.",
-            )
-        # 2. Jagged: nested tensors with layout=torch.jagged run on their packed frames, with no padding or copy.
-        if _any_jagged(args, kwargs, pattern.kwarg_rules):
-            arguments = pattern.tensor_arguments(args, kwargs)
-            return call_jagged(
-                fn,
-                args,
-                kwargs,
-                arguments,
-                execution,
-                pattern.text,
-                masked=selection is not None,
-                out=pattern.outputs.out is not None,
-                note=lambda error, packed_args, packed_kwargs: add_fold_note(
-                    error, pattern, args, kwargs, packed_args, packed_kwargs, (), why_partial(execution, False)
-                ),
-            )
-        # 3. Repeated: with compute_repeats_once, rows repeated along a folded axis (stride 0) run once. Dynamo cannot
-        # trace the check for random draws, so compiled code computes every copy.
-        repeats = None
-        if execution.compute_repeats_once and selection is None and not torch.compiler.is_compiling():
-            repeats = find_repeats(fn, pattern.tensor_arguments(args, kwargs), pattern.group_axes, pattern.lengths)
-        call = pattern.fold(*repeats.narrowed(args, kwargs)) if repeats is not None else pattern.fold(args, kwargs)
+        structure = (len(args), *kwargs) if kwargs else len(args)
+        # 2. Recorded: a structure that the full path has folded before, folded again by the program it recorded
+        # (_program.py). Only calls without a mask or repeats record one, and a program refuses jagged tensors.
+        call = None
+        for program in self._inputs.get(structure, ()):
+            call = program.fold(args, kwargs, pattern.lengths)
+            if call is not None:
+                break
+        repeats = selection = None
+        if call is None:
+            given, (kwargs, selection) = kwargs, RowSelection.take(kwargs)
+            # 3. Jagged: nested tensors with layout=torch.jagged run on their packed frames, with no padding or copy.
+            if _any_jagged(args, kwargs, pattern.kwarg_rules):
+                return call_jagged(
+                    fn,
+                    args,
+                    kwargs,
+                    pattern.tensor_arguments(args, kwargs),
+                    execution,
+                    pattern.text,
+                    masked=selection is not None,
+                    out=pattern.outputs.out is not None,
+                    note=lambda error, packed_args, packed_kwargs: add_fold_note(
+                        error, pattern, args, kwargs, packed_args, packed_kwargs, (), why_partial(execution, False)
+                    ),
+                )
+            if selection is not None:
+                _require_default_unfold(
+                    pattern,
+                    f"{MASK} and {SAMPLE_LENGTHS}",
+                    "the valid rows are gathered from the folded group and scattered back at the folded dim of each "
+                    "output.",
+                )
+            # 4. Repeated: with compute_repeats_once, rows repeated along a folded axis (stride 0) run once. Dynamo
+            # cannot trace the check for random draws, so compiled code computes every copy.
+            elif execution.compute_repeats_once and not torch.compiler.is_compiling():
+                repeats = find_repeats(fn, pattern.tensor_arguments(args, kwargs), pattern.group_axes, pattern.lengths)
+            if repeats is not None:
+                call = pattern.fold(*repeats.narrowed(args, kwargs))
+            else:
+                call = pattern.fold(args, kwargs)
+                if kwargs is given:  # no fold_mask or fold_lengths, not even None: the program passes every keyword
+                    self._record(args, kwargs, structure, call)
         try:
-            # 4. Plain: one call on every row.
+            # 5. Plain: one call on every row.
             if execution.plain and selection is None:
                 result = fn(*call.args, **call.kwargs)
-            # 5. Rows: in chunks, checkpointed, or on the valid rows only.
+            # 6. Rows: in chunks, checkpointed, or on the valid rows only.
             else:
                 result = call_rows(fn, call, execution, selection, pattern.text, pattern.group_text)
         except Exception as error:
@@ -121,7 +146,34 @@ class Caller:
         if repeats is not None:
             repeats.check_no_draws(pattern.text)
             return repeats.unfold(pattern.outputs, result, call)
-        return pattern.outputs.unfold(result, call.dim, call.group_sizes)
+        return self._unfold(result, call.dim, call.group_sizes, structure)
+
+    def _record(self, args: Sequence[Any], kwargs: Mapping[str, Any], structure: Structure, call: FoldedCall) -> None:
+        """Records how ``call`` was folded, for later calls of its structure; the latest few per structure are kept."""
+        if self._repeats_once or _tracing():
+            return  # a program folds a repeated input densely, which compute_repeats_once asks not to
+        programs = self._inputs.get(structure, ())
+        program = self.pattern.program(args, kwargs, call)
+        _store(self._inputs, structure, (program, *programs[: _PROGRAMS_PER_STRUCTURE - 1]))
+
+    def _unfold(self, result: Any, dim: int | None, sizes: Sequence[int], structure: Structure) -> Any:
+        """``OutputRules.unfold``, or the program that the last output of a call of this structure recorded."""
+        outputs = self.pattern.outputs
+        if dim is None:
+            return outputs.unfold(result, dim, sizes)
+        if outputs.out is None and isinstance(result, torch.Tensor):
+            if result.ndim > dim and result.shape[dim] == product(sizes) and sizes:
+                return torch.unflatten(result, dim, sizes)
+            return outputs.unfold(result, dim, sizes)
+        program = self._outputs.get(structure, _UNRECORDED)
+        if program is not None:  # None: an output that no program can unfold, recorded once
+            unfolded = program.run(result, outputs, dim, sizes)
+            if unfolded is not MISS:
+                return unfolded
+        unfolded = outputs.unfold(result, dim, sizes)
+        if program is not None and not _tracing():
+            _store(self._outputs, structure, record_outputs(outputs, result))
+        return unfolded
 
     def _flatten_span(self, x: torch.Tensor) -> tuple[int, int] | None:
         """The fast path's one ``flatten``, cached per rank; ``None`` sends every call of that rank on."""
@@ -133,10 +185,31 @@ class Caller:
         return span
 
 
+def _tracing() -> bool:
+    """Whether a tracer runs this code: then no program is written, so that one trace runs one path throughout.
+
+    Under dynamo a cache write is a side effect of the graph; ``torch.jit.trace`` traces twice and compares.
+    """
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()  # type: ignore[attr-defined,no-untyped-call]
+
+
+def _store(cache: dict[Structure, Any], key: Structure, value: Any) -> None:
+    """Writes ``value`` under ``key``, emptying ``cache`` first when it is full: a bound on memory."""
+    if len(cache) >= _MAX_STRUCTURES and key not in cache:
+        cache.clear()
+    cache[key] = value
+
+
 def _any_jagged(args: Sequence[Any], kwargs: Mapping[str, Any], names: Mapping[str, Any]) -> bool:
     """Whether a tensor that the pattern folds is jagged; ``names`` are the keywords it folds."""
-    tensors = [*args, *(kwargs.get(name) for name in names)]
-    return any(isinstance(x, torch.Tensor) and is_jagged(x) for x in tensors)
+    for x in args:
+        if type(x) is not torch.Tensor and isinstance(x, torch.Tensor) and is_jagged(x):
+            return True
+    for name in names:
+        x = kwargs.get(name)
+        if isinstance(x, torch.Tensor) and is_jagged(x):
+            return True
+    return False
 
 
 def _require_default_unfold(pattern: CompiledPattern, feature: str, why: str) -> None:

@@ -16,12 +16,12 @@ from typing import Any
 import torch
 import torch.utils.checkpoint
 
-from ._compiled import FoldedCall
 from ._errors import fold_error
 from ._execution import Execution, why_partial
 from ._guards import check_batch_statistics
 from ._masks import RowSelection
 from ._plan import product
+from ._records import FoldedCall
 from ._tree import TreeSpec, flatten, leaf_paths, unflatten
 
 __all__ = ["Rows", "call_rows", "run_rows"]

@@ -7,49 +7,18 @@ way of running the module (``_call.py`` lists them) takes. Nothing here calls th
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
-from ._errors import fold_error, positive_int
+from ._errors import fold_error, positive_int, shown
 from ._pattern import ELLIPSIS, parse_pattern, parse_rule
 from ._plan import Rule, SizeMismatch
+from ._program import InputProgram, ProgramInput, as_slice, merged_checks
+from ._records import FoldedCall, Key, TensorArgument
 from ._unfold import OutputRules, OutSpec
 
-__all__ = ["CompiledPattern", "FoldedCall", "TensorArgument", "is_jagged"]
-
-Key = int | str
-"""Where an argument is: its position, or its keyword."""
-
-
-class TensorArgument(NamedTuple):
-    """A tensor argument of a call that the pattern folds: where it is, its name in messages, its rule, itself."""
-
-    key: Key
-    label: str
-    rule: Rule
-    tensor: torch.Tensor
-
-
-class FoldedCall(NamedTuple):
-    """A call's arguments after folding, and where their folded rows are.
-
-    Attributes:
-        args: The positional arguments, each tensor folded.
-        kwargs: The keyword arguments, those named in ``fold_kwargs`` folded.
-        dim: The folded dim of every output, or ``None`` when the pattern folds nothing.
-        group_sizes: The sizes of the folded group's axes, in group order.
-        row_slots: ``(key, dim)`` of each folded argument that carries the folded rows, and the dim they are at.
-        other_group: The label and rule of the first argument that folds other axes than the folded group, whose
-            rows therefore cannot be split like the others'; ``None`` when there is none.
-    """
-
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    dim: int | None
-    group_sizes: Sequence[int]
-    row_slots: tuple[tuple[Key, int], ...]
-    other_group: tuple[str, Rule] | None
+__all__ = ["CompiledPattern", "is_jagged"]
 
 
 def is_jagged(x: torch.Tensor) -> bool:
@@ -91,7 +60,7 @@ class CompiledPattern:
         if not isinstance(pattern, str):
             raise fold_error(
                 f"A pattern must be a string such as 'b t c -> (b t) c', not {type(pattern).__name__}.",
-                pattern=repr(pattern),
+                pattern=None,
                 hint="Pass the pattern first: Distribute(pattern, module), fold(x, pattern).",
             )
         self.text = pattern
@@ -106,8 +75,10 @@ class CompiledPattern:
         _check_lengths_used(pattern, self.lengths, (*self.rules, *self.kwarg_rules.values()), self.outputs.names)
         _check_group_orders(self.group_axes, (*self.rules, *self.kwarg_rules.values()))
         self._group_operand = parsed.folded or 0
-        self._compared = tuple(self._sizes_to_compare(rule) for rule in self.rules)
-        self._compared_kwargs = {name: self._sizes_to_compare(rule) for name, rule in self.kwarg_rules.items()}
+        self._compared = tuple(_compared_names(rule, self.group_axes, self.single) for rule in self.rules)
+        self._compared_kwargs = {
+            name: _compared_names(rule, self.group_axes, self.single) for name, rule in self.kwarg_rules.items()
+        }
 
     @property
     def single(self) -> bool:
@@ -149,23 +120,69 @@ class CompiledPattern:
         other: tuple[str, Rule] | None = None
         carried = False
         for key, label, rule, x in self.tensor_arguments(args, kwargs):
-            compared = self._compared_kwargs[key] if isinstance(key, str) else self._compared[rule.operand.index]
-            folded, group_sizes, group_dim = self._fold_one(rule, compared, x, label, seen)
+            folded, group_sizes, group_dim = self._fold_one(rule, self._compared_for(key, rule), x, label, seen)
             if isinstance(key, str):
                 folded_kwargs[key] = folded
             else:
                 folded_args[key] = folded
             axes = rule.operand.group_axes
             if axes == self.group_axes:
-                # The first positional tensor of the folded operand decides the folded dim; with none, the first
-                # keyword tensor that folds the same group does.
-                if not carried and (isinstance(key, str) or self.single or rule.operand.index == self._group_operand):
+                if not carried and self._carries(key, rule):
                     carried, dim, sizes = True, group_dim, group_sizes
                 if group_dim is not None:
                     slots.append((key, group_dim))
             elif axes and other is None:
                 other = (label, rule)
         return FoldedCall(tuple(folded_args), folded_kwargs, dim, sizes, tuple(slots), other)
+
+    def program(self, args: Sequence[Any], kwargs: Mapping[str, Any], call: FoldedCall) -> InputProgram:
+        """What ``fold`` did for this call, as a program that later calls of the same structure can run.
+
+        ``call`` is what ``fold`` returned for these arguments; the program checks the sizes that ``fold`` checked
+        (see ``_program.py``).
+        """
+        tensors: list[ProgramInput] = []
+        first: dict[str, tuple[int, int]] = {}
+        checks: list[tuple[int, int, int, int]] = []
+        carrier, group = -1, tuple[int, ...]()
+        for index, (key, label, rule, x) in enumerate(self.tensor_arguments(args, kwargs)):
+            plan = rule.plan(x, label)
+            tensors.append(ProgramInput(key, x.ndim, plan.flatten_only, plan))
+            names, same_group = (
+                self._compared_kwargs[key] if isinstance(key, str) else self._compared[rule.operand.index]
+            )
+            positions = plan.group_positions
+            compared = [(name, p) for p, name in enumerate(plan.names) if name in names]
+            compared += [(f"({ELLIPSIS}){k}", p) for k, p in enumerate(positions) if same_group]
+            for name, position in compared:
+                if name in first:
+                    checks.append((*first[name], index, position))
+                else:
+                    first[name] = (index, position)
+            if carrier < 0 and rule.operand.group_axes == self.group_axes and self._carries(key, rule):
+                carrier, group = index, positions
+        return InputProgram(
+            nargs=len(args),
+            others=tuple(i for i, arg in enumerate(args) if not isinstance(arg, torch.Tensor)),
+            absent=tuple(name for name in self.kwarg_rules if kwargs.get(name) is None),
+            tensors=tuple(tensors),
+            checks=merged_checks(checks),
+            carrier=carrier,
+            group=as_slice(group),
+            call=call,
+        )
+
+    def _compared_for(self, key: Key, rule: Rule) -> tuple[frozenset[str], bool]:
+        """The names a tensor argument's sizes are compared on, and whether its ``...`` group is (see ``fold``)."""
+        return self._compared_kwargs[key] if isinstance(key, str) else self._compared[rule.operand.index]
+
+    def _carries(self, key: Key, rule: Rule) -> bool:
+        """Whether a tensor argument that folds the folded group decides the folded dim, if none has yet.
+
+        The first positional tensor of the folded operand does; with none, the first keyword tensor that folds the
+        same group does.
+        """
+        return isinstance(key, str) or self.single or rule.operand.index == self._group_operand
 
     def keyword_pattern(self) -> str | None:
         """A ``fold_kwargs`` pattern that folds a keyword tensor's leading axes as the folded group, for hints.
@@ -188,7 +205,7 @@ class CompiledPattern:
                 return positions
         elif len(positions) == len(self.rules):
             return positions
-        raise self._count_error(args, kwargs, positions)
+        raise _count_error(self, args, kwargs, positions)
 
     def _fold_one(
         self,
@@ -222,16 +239,6 @@ class CompiledPattern:
             self._agree(rule, "(" + ELLIPSIS + ")", tuple(group_sizes), label, x, seen)
         return folded, group_sizes or (), plan.group_dim
 
-    def _sizes_to_compare(self, rule: Rule) -> tuple[frozenset[str], bool]:
-        """Which axis names of ``rule`` must agree with other arguments, and whether its ``...`` group must.
-
-        With one operand for every argument only the folded axes must agree (other axes, such as the lengths of
-        queries and keys, may differ); with one operand per argument every shared name must.
-        """
-        names = frozenset(self.group_axes or ()) if self.single else rule.operand.names
-        same_group = ELLIPSIS in names and rule.operand.group_axes == self.group_axes
-        return frozenset(name for name in names if name != ELLIPSIS), same_group
-
     def _agree(
         self,
         rule: Rule,
@@ -263,43 +270,57 @@ class CompiledPattern:
             hint="Pass a tensor, or None to leave it out.",
         )
 
-    def _count_error(self, args: Sequence[Any], kwargs: Mapping[str, Any], positions: list[int]) -> Exception:
-        given = f"the positional arguments are ({', '.join(type(arg).__name__ for arg in args)})" if args else ""
-        unlisted = [name for name, v in kwargs.items() if isinstance(v, torch.Tensor) and name not in self.kwarg_rules]
-        listed = [name for name in self.kwarg_rules if kwargs.get(name) is not None]
-        if not self.single:
-            count = "1 positional tensor came" if len(positions) == 1 else f"{len(positions)} positional tensors came"
-            what = f"The pattern has {len(self.rules)} operands, one per positional tensor argument, but {count}"
-            what += f" ({given})" if given else ""
-            hint = (
-                "Give one comma-separated operand per positional tensor argument, or a single operand to apply to "
-                "all of them; keyword tensors are folded by their own fold_kwargs patterns."
-            )
-        elif listed:
-            what = (
-                f"The pattern needs a tensor that carries the folded group {self.group_text}, but none came: no "
-                f"positional tensor, and the keyword tensors named in fold_kwargs ({', '.join(map(repr, listed))}) "
-                "fold other axes"
-            )
-            hint = f"Pass the tensor to fold positionally, or give a keyword a pattern that folds {self.group_text}."
-        else:
-            what = "The pattern needs at least one tensor to fold, but none came" + (f": {given}" if given else "")
-            if unlisted:
-                what += f"{', and' if given else ':'} the keyword tensors {', '.join(map(repr, unlisted))} are not "
-                what += "named in fold_kwargs"
-            suggested = self.keyword_pattern()
-            hint = (
-                f"Keyword tensors are folded only when named in fold_kwargs, for example fold_kwargs="
-                f"{{{unlisted[0]!r}: {suggested!r}}}."
-                if unlisted and suggested
-                else "Pass the tensor to fold positionally, or as a keyword argument named in fold_kwargs."
-            )
-        return fold_error(
-            what + ".",
-            pattern=self.text,
-            shapes=[(f"argument {i}", args[i].shape) for i in positions],
-            hint=hint,
+
+def _count_error(
+    pattern: CompiledPattern, args: Sequence[Any], kwargs: Mapping[str, Any], positions: list[int]
+) -> Exception:
+    given = f"the positional arguments are ({', '.join(type(arg).__name__ for arg in args)})" if args else ""
+    unlisted = [name for name, v in kwargs.items() if isinstance(v, torch.Tensor) and name not in pattern.kwarg_rules]
+    listed = [name for name in pattern.kwarg_rules if kwargs.get(name) is not None]
+    if not pattern.single:
+        count = "1 positional tensor came" if len(positions) == 1 else f"{len(positions)} positional tensors came"
+        what = f"The pattern has {len(pattern.rules)} operands, one per positional tensor argument, but {count}"
+        what += f" ({given})" if given else ""
+        hint = (
+            "Give one comma-separated operand per positional tensor argument, or a single operand to apply to "
+            "all of them; keyword tensors are folded by their own fold_kwargs patterns."
         )
+    elif listed:
+        what = (
+            f"The pattern needs a tensor that carries the folded group {pattern.group_text}, but none came: no "
+            f"positional tensor, and the keyword tensors named in fold_kwargs ({', '.join(map(repr, listed))}) "
+            "fold other axes"
+        )
+        hint = f"Pass the tensor to fold positionally, or give a keyword a pattern that folds {pattern.group_text}."
+    else:
+        what = "The pattern needs at least one tensor to fold, but none came" + (f": {given}" if given else "")
+        if unlisted:
+            what += f"{', and' if given else ':'} the keyword tensors {', '.join(map(repr, unlisted))} are not "
+            what += "named in fold_kwargs"
+        suggested = pattern.keyword_pattern()
+        hint = (
+            f"Keyword tensors are folded only when named in fold_kwargs, for example fold_kwargs="
+            f"{{{unlisted[0]!r}: {suggested!r}}}."
+            if unlisted and suggested
+            else "Pass the tensor to fold positionally, or as a keyword argument named in fold_kwargs."
+        )
+    return fold_error(
+        what + ".",
+        pattern=pattern.text,
+        shapes=[(f"argument {i}", args[i].shape) for i in positions],
+        hint=hint,
+    )
+
+
+def _compared_names(rule: Rule, group_axes: tuple[str, ...] | None, single: bool) -> tuple[frozenset[str], bool]:
+    """Which axis names of ``rule`` must agree with other arguments, and whether its ``...`` group must.
+
+    With one operand for every argument only the folded axes must agree (other axes, such as the lengths of
+    queries and keys, may differ); with one operand per argument every shared name must.
+    """
+    names = frozenset(group_axes or ()) if single else rule.operand.names
+    same_group = ELLIPSIS in names and rule.operand.group_axes == group_axes
+    return frozenset(name for name in names if name != ELLIPSIS), same_group
 
 
 def _layout_error(label: str, pattern: str, nested: bool, layout: torch.layout) -> Exception:
@@ -325,7 +346,7 @@ def _checked_lengths(pattern: str, lengths: Mapping[str, Any]) -> dict[str, int]
         value = positive_int(length)
         if value is None:
             raise fold_error(
-                f"The length of axis '{name}' must be a positive int, not {length!r}.",
+                f"The length of axis '{name}' must be a positive int, not {shown(length)}.",
                 pattern=pattern,
                 hint="Pass the pattern and the module positionally: Distribute(pattern, module)."
                 if callable(length)

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from einops import EinopsError
 
-__all__ = ["FoldError", "fold_error", "format_message", "format_shape", "positive_int", "shown"]
+__all__ = ["FoldError", "flag", "fold_error", "format_message", "format_shape", "positive_int", "shown"]
 
 
 class FoldError(EinopsError):
@@ -39,9 +39,23 @@ def shown(value: object, typed: bool = False) -> str:
     shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
     if shape is not None and dtype is not None:
         return f"a {type(value).__name__} of dtype {dtype} and shape {format_shape(shape)}"
+    if isinstance(value, list | tuple | set | frozenset | dict) and not all(map(_plain, value)):
+        return f"a {type(value).__name__} of {len(value)} items"
     text = repr(value)
     text = text if len(text) <= 80 else text[:77] + "..."
     return f"{type(value).__name__} ({text})" if typed else text
+
+
+def _plain(value: object) -> bool:
+    """Whether ``value`` is shown by its ``repr``: a number, a string or ``None``, never a tensor's values."""
+    return value is None or isinstance(value, bool | int | float | complex | str | bytes)
+
+
+def flag(value: object) -> bool | None:
+    """``value`` as a bool when it is one, or the int 0 or 1 (which the classic recipe took); ``None`` otherwise."""
+    if isinstance(value, bool):
+        return value
+    return bool(value) if type(value) is int and value in (0, 1) else None
 
 
 def positive_int(value: object) -> int | None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._errors import fold_error, positive_int, shown
+from ._errors import flag, fold_error, positive_int, shown
 
 __all__ = ["Execution", "why_partial"]
 
@@ -65,9 +65,9 @@ class Execution:
             "allow_batch_statistics": allow_batch_statistics,
             "compute_repeats_once": compute_repeats_once,
         }
-        for name, flag in flags.items():
-            if flag not in (True, False):
-                raise fold_error(f"{name} must be True or False, not {shown(flag)}.", pattern=pattern)
+        for name, value in flags.items():
+            if flag(value) is None:
+                raise fold_error(f"{name} must be True or False, not {shown(value)}.", pattern=pattern)
         if isinstance(fill_value, bool) or not isinstance(fill_value, int | float):
             raise fold_error(
                 f"fill_value must be a number, not {shown(fill_value)}.",

@@ -18,10 +18,10 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ._compiled import FoldedCall, Key, TensorArgument
 from ._errors import FoldError, fold_error
 from ._guards import per_copy_randomness, random_state
 from ._pattern import ELLIPSIS
+from ._records import FoldedCall, Key, TensorArgument
 from ._tree import flatten, unflatten
 from ._unfold import OutputRules
 

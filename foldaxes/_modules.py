@@ -11,7 +11,7 @@ from torch import nn
 from ._call import Caller, check_callable
 from ._checkpoint import CHILD, fqn_modifiers, hide_child_prefix
 from ._compiled import CompiledPattern
-from ._errors import fold_error, shown
+from ._errors import flag, fold_error, shown
 from ._execution import Execution
 from ._unfold import OutSpec
 
@@ -243,7 +243,7 @@ class TimeDistributed(Distribute):
             FoldError: ``module`` is missing or not callable, or a keyword is malformed.
         """
         pattern = "b t ... -> (b t) ..." if batch_first else "t b ... -> (t b) ..."
-        if batch_first not in (True, False):
+        if flag(batch_first) is None:
             raise fold_error(
                 f"batch_first must be True or False, not {shown(batch_first)}.",
                 pattern=pattern,

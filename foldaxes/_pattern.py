@@ -93,7 +93,7 @@ def parse_pattern(text: str, known: frozenset[str] = frozenset()) -> Pattern:
     if not isinstance(text, str):
         raise fold_error(
             f"A pattern must be a string such as 'b t c -> (b t) c', not {type(text).__name__}.",
-            pattern=repr(text),
+            pattern=None,
             hint="Pass the pattern first: Distribute(pattern, module), fold(x, pattern).",
         )
     if text.count("->") != 1:

@@ -104,6 +104,14 @@ class Plan:
             x = x.unsqueeze(dim)
         return x, group_sizes, elementary
 
+    @property
+    def group_positions(self) -> tuple[int, ...]:
+        """Where the folded group's axes are among the elementary axes (``names``), in group order."""
+        if self.group is None:
+            return ()
+        order = self.permutation or range(len(self.names))
+        return tuple(order[i] for i in range(*self.group))
+
     def sizes_read_off(self, shape: Sequence[int]) -> dict[str, int]:
         """The size of each named axis that stands alone in an input dim, for messages."""
         return {

@@ -15,11 +15,11 @@ from typing import Any, NamedTuple
 import torch
 
 from ._chunks import Rows, run_rows
-from ._compiled import TensorArgument
 from ._errors import fold_error
 from ._execution import Execution, why_partial
 from ._guards import check_batch_statistics
 from ._masks import MASK, SAMPLE_LENGTHS
+from ._records import TensorArgument
 from ._tree import flatten, leaf_paths, unflatten
 
 __all__ = ["call_jagged"]

@@ -13,7 +13,7 @@ from ._pattern import ELLIPSIS, parse_rule
 from ._plan import Rule, SizeMismatch, product
 from ._tree import flatten, leaf_paths, map_structure, unflatten
 
-__all__ = ["OutSpec", "OutputRules", "bind_group"]
+__all__ = ["OutSpec", "OutputRules", "bind_group", "conform"]
 
 OutSpec = str | None | Sequence[Any] | Mapping[Any, Any]
 """What ``out=`` takes: a pattern, ``None``, or a nested structure of those matching the module's output."""
@@ -89,7 +89,7 @@ class OutputRules:
             return self._each_tensor(part, lambda leaf: self._rearrange(self.rules[pattern], leaf, result, bindings))
 
         try:
-            return map_structure(rearrange, _conform(self.out, result), result)
+            return map_structure(rearrange, conform(self.out, result), result)
         except ValueError as error:
             found = (
                 "the output is a single tensor"
@@ -99,7 +99,7 @@ class OutputRules:
             raise fold_error(
                 f"out= does not match the structure of the module's output: {error}",
                 pattern=self.pattern,
-                hint=f"Give out= the same containers as the output. out={self.out!r}; {found}.",
+                hint=f"Give out= the same containers as the output. out={shown(self.out)}; {found}.",
             ) from None
 
     def _each_tensor(self, part: Any, apply: Any) -> Any:
@@ -164,20 +164,20 @@ class OutputRules:
             ) from None
 
 
-def _conform(structure: Any, tree: Any) -> Any:
+def conform(structure: Any, tree: Any) -> Any:
     """``structure`` with each tuple or list rebuilt as the tuple-like or list that stands there in ``tree``.
 
     So that ``out=("...", None)`` matches a NamedTuple, a ``torch.return_types`` result or a list by position.
     """
     if isinstance(structure, tuple | list) and isinstance(tree, tuple | list) and len(structure) == len(tree):
-        children = [_conform(s, t) for s, t in zip(structure, tree, strict=True)]
+        children = [conform(s, t) for s, t in zip(structure, tree, strict=True)]
         if isinstance(tree, list):
             return children
         if hasattr(tree, "_make"):
             return tree._make(children)
         return tuple(children) if type(tree) is tuple else type(tree)(children)
     if isinstance(structure, Mapping) and isinstance(tree, Mapping):
-        return {key: _conform(value, tree.get(key)) for key, value in structure.items()}
+        return {key: conform(value, tree.get(key)) for key, value in structure.items()}
     return structure
 
 

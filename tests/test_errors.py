@@ -307,6 +307,47 @@ class TestUnderCompile:
             torch.compile(wrapped, backend="eager")(torch.zeros(2, 3, 4))
 
 
+VALUES = torch.full((3,), 987654.25)
+"""A tensor whose value a message would show if it printed tensors: messages name dtype and shape instead."""
+
+
+class TestNoTensorValuesInMessages:
+    @pytest.mark.parametrize(
+        "fail",
+        [
+            lambda: foldaxes.fold(torch.zeros(2, 3), VALUES),  # type: ignore[arg-type]
+            lambda: Distribute(VALUES, nn.Identity()),  # type: ignore[arg-type]
+            lambda: Distribute("b t -> (b t)", nn.Identity(), t=VALUES),
+            lambda: Distribute("b t -> (b t)", nn.Identity(), t=[VALUES]),
+            lambda: Distribute("b t -> (b t)", nn.Identity(), out=VALUES),
+            lambda: Distribute("b t -> (b t)", nn.Identity(), out=(VALUES, None)),
+            lambda: Distribute("b t -> (b t)", nn.Identity(), chunk_size=VALUES),
+            lambda: Distribute("b t -> (b t)", nn.Identity(), fill_value=VALUES),
+            lambda: Distribute("b t -> (b t)", nn.Identity(), checkpoint=VALUES),
+            lambda: Distribute("b t d -> (b t) d", nn.Identity())(torch.zeros(2, 3, 4), fold_lengths=VALUES),
+            lambda: foldaxes.unfold(torch.zeros(6), VALUES),  # type: ignore[arg-type]
+            lambda: Distribute("b t d -> (b t) d", nn.Identity(), out=("(b t) d -> b t d", None))(torch.zeros(2, 3, 4)),
+        ],
+        ids=[
+            "fold-pattern",
+            "pattern",
+            "length",
+            "length-list",
+            "out",
+            "out-leaf",
+            "chunk-size",
+            "fill-value",
+            "checkpoint",
+            "fold-lengths",
+            "unfold-spec",
+            "out-structure",
+        ],
+    )
+    def test_named_by_dtype_and_shape(self, fail: Any) -> None:
+        text = message(fail)
+        assert "987654" not in text and "tensor(" not in text
+
+
 class TestModuleErrorsPassThrough:
     def test_module_error_is_not_wrapped(self) -> None:
         conv = nn.Conv2d(3, 4, 3)

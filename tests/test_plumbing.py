@@ -8,6 +8,7 @@ import copy
 import gc
 import io
 import pickle
+import pydoc
 import sys
 import threading
 import tracemalloc
@@ -186,6 +187,18 @@ class TestCopies:
         text = repr(Distribute("b (t v) d -> (b t v) d", nn.Linear(4, 2), v=2))
         assert "'b (t v) d -> (b t v) d'" in text and "v=2" in text and "Linear(in_features=4" in text
         assert "fn=" in repr(Distribute("b t d -> (b t) d", torch.tanh))
+
+    def test_repr_of_a_factory_says_it_needs_a_module(self) -> None:
+        text = repr(Distribute("b t d -> (b t) d", chunk_size=4))
+        assert text == "Distribute('b t d -> (b t) d', chunk_size=4, no module yet: call it with the module to wrap)"
+        assert "no module yet" not in repr(Distribute("b t d -> (b t) d", chunk_size=4)(nn.Identity()))
+
+    @pytest.mark.parametrize("cls", [Distribute, TimeDistributed], ids=["distribute", "time-distributed"])
+    def test_help_shows_the_constructors_own_documentation(self, cls: type) -> None:
+        text = pydoc.render_doc(cls, renderer=pydoc.plaintext)
+        constructor = text[text.index("__init__(") :][:800]
+        assert "the class docstring has the arguments" in constructor
+        assert "Initialize internal Module state" not in text
 
 
 HOOK_CASES = [

@@ -1,0 +1,401 @@
+"""Programs: a call structure that the full path has folded once is replayed by later calls.
+
+A replay must check and say exactly what the full path does: every error case below is raised once on a fresh
+wrapper and then on one that has just run a good call of the same structure, and the messages must be equal.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import einops
+import pytest
+import torch
+from conftest import assert_exact, message
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import foldaxes
+from foldaxes import Distribute, FoldError, distribute
+
+
+class Switch:
+    """A module whose output changes when told to: the same call structure, another output."""
+
+    def __init__(self, good: Callable[[torch.Tensor], Any], bad: Callable[[torch.Tensor], Any]) -> None:
+        self.good, self.bad, self.failing = good, bad, False
+
+    def __call__(self, *tensors: torch.Tensor, **keywords: Any) -> Any:
+        return (self.bad if self.failing else self.good)(tensors[0])
+
+
+@dataclass(frozen=True)
+class Case:
+    """A wrapper, a call that works, and a call of the same structure (or a switched output) that fails."""
+
+    build: Callable[[], Any]
+    good: Callable[[Any], Any]
+    bad: Callable[[Any], Any]
+
+
+def x(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape)
+
+
+def switched(pattern: str, good: Any, bad: Any, **options: Any) -> Callable[[], Any]:
+    return lambda: Distribute(pattern, Switch(good, bad), **options)
+
+
+def flip(wrapper: Any) -> Any:
+    wrapper.module.failing = True
+    return wrapper
+
+
+TWO = "b t d, b t e -> (b t) d, (b t) e"
+ERROR_CASES = {
+    "operands-disagree": Case(
+        lambda: Distribute(TWO, lambda a, b: a),
+        lambda w: w(x(2, 3, 4), x(2, 3, 5)),
+        lambda w: w(x(2, 3, 4), x(2, 4, 5)),
+    ),
+    "arguments-disagree": Case(
+        lambda: Distribute("b t d -> (b t) d", lambda a, b: a),
+        lambda w: w(x(2, 3, 4), x(2, 3, 4)),
+        lambda w: w(x(2, 3, 4), x(2, 4, 4)),
+    ),
+    "shared-axis-disagrees": Case(
+        lambda: Distribute("b t s d, b t s e -> (b t) s d, (b t) s e", lambda a, b: a),
+        lambda w: w(x(2, 3, 5, 4), x(2, 3, 5, 1)),
+        lambda w: w(x(2, 3, 5, 4), x(2, 3, 6, 1)),
+    ),
+    "ellipsis-group-disagrees": Case(
+        lambda: Distribute("... d -> (...) d", lambda a, b: a),
+        lambda w: w(x(2, 3, 4), x(2, 3, 4)),
+        lambda w: w(x(2, 3, 4), x(3, 2, 4)),
+    ),
+    "rank": Case(
+        lambda: Distribute("b t d -> (b t) d", lambda a, b: a),
+        lambda w: w(x(2, 3, 4), x(2, 3, 4)),
+        lambda w: w(x(2, 3, 4), x(2, 3)),
+    ),
+    "non-tensor-where-a-tensor-was": Case(
+        lambda: Distribute(TWO, lambda *a: a[0]),
+        lambda w: w(x(2, 3, 4), x(2, 3, 5)),
+        lambda w: w(x(2, 3, 4), 5.0),
+    ),
+    "keyword-not-a-tensor": Case(
+        lambda: Distribute("b t d -> (b t) d", lambda a, b, mask: a, fold_kwargs={"mask": "b t -> (b t)"}),
+        lambda w: w(x(2, 3, 4), x(2, 3, 4), mask=x(2, 3)),
+        lambda w: w(x(2, 3, 4), x(2, 3, 4), mask=[1, 2]),
+    ),
+    "keyword-disagrees": Case(
+        lambda: Distribute("b t d -> (b t) d", lambda a, b, mask: a, fold_kwargs={"mask": "b t -> (b t)"}),
+        lambda w: w(x(2, 3, 4), x(2, 3, 4), mask=x(2, 3)),
+        lambda w: w(x(2, 3, 4), x(2, 3, 4), mask=x(2, 4)),
+    ),
+    "given-length": Case(
+        lambda: Distribute("b (t v) d -> (b t v) d", lambda a, b: a, v=2),
+        lambda w: w(x(2, 6, 4), x(2, 6, 4)),
+        lambda w: w(x(2, 5, 4), x(2, 5, 4)),
+    ),
+    "sparse-after-dense": Case(
+        lambda: Distribute(TWO, lambda a, b: a),
+        lambda w: w(x(2, 3, 4), x(2, 3, 5)),
+        lambda w: w(x(2, 3, 4).to_sparse(), x(2, 3, 5)),
+    ),
+    "output-rows": Case(
+        switched("b t d -> (b t) d", lambda z: (z, z), lambda z: (z, z[1:])),
+        lambda w: w(x(2, 3, 4)),
+        lambda w: flip(w)(x(2, 3, 4)),
+    ),
+    "output-rows-of-a-second-argument": Case(
+        switched("b t d -> (b t) d", lambda z: z, lambda z: z[1:]),
+        lambda w: w(x(2, 3, 4), x(2, 3, 4)),
+        lambda w: flip(w)(x(2, 3, 4), x(2, 3, 4)),
+    ),
+    "output-rank": Case(
+        switched("b t d -> (b t) d", lambda z: {"z": z}, lambda z: {"z": z[0]}),
+        lambda w: w(x(2, 3, 4)),
+        lambda w: flip(w)(x(2, 3, 4)),
+    ),
+    "out-pattern-size": Case(
+        switched("b t d -> (b t) d", lambda z: (z,), lambda z: (z[1:],), out="(b t) d -> t b d"),
+        lambda w: w(x(2, 3, 4)),
+        lambda w: flip(w)(x(2, 3, 4)),
+    ),
+    "out-split-size": Case(
+        switched("b t d -> (b t) d", lambda z: (z,), lambda z: (z[1:],), out="(b t) d -> b t d"),
+        lambda w: w(x(2, 3, 4)),
+        lambda w: flip(w)(x(2, 3, 4)),
+    ),
+    "out-rank": Case(
+        switched("b t d -> (b t) d", lambda z: (z,), lambda z: (z[..., None],), out="(b t) d -> b t d"),
+        lambda w: w(x(2, 3, 4)),
+        lambda w: flip(w)(x(2, 3, 4)),
+    ),
+    "out-structure": Case(
+        switched("b t d -> (b t) d", lambda z: (z, z), lambda z: z, out=("(b t) d -> b t d", None)),
+        lambda w: w(x(2, 3, 4)),
+        lambda w: flip(w)(x(2, 3, 4)),
+    ),
+    "out-keys": Case(
+        switched("b t d -> (b t) d", lambda z: {"a": z}, lambda z: {"b": z}, out={"a": "(b t) d -> b t d"}),
+        lambda w: w(x(2, 3, 4)),
+        lambda w: flip(w)(x(2, 3, 4)),
+    ),
+    "opaque-output": Case(
+        switched("b t d -> (b t) d", lambda z: (z, "label"), lambda z: (z, {z})),
+        lambda w: w(x(2, 3, 4)),
+        lambda w: flip(w)(x(2, 3, 4)),
+    ),
+}
+
+
+class TestErrorsOnAHit:
+    @pytest.mark.parametrize("case", ERROR_CASES.values(), ids=ERROR_CASES.keys())
+    def test_same_error_after_a_good_call_of_the_same_structure(self, case: Case) -> None:
+        expected = message(lambda: case.bad(case.build()))  # the full path
+        wrapped = case.build()
+        for _ in range(2):
+            case.good(wrapped)
+            case.good(wrapped)  # the second good call runs the recorded program
+            assert message(lambda: case.bad(wrapped)) == expected
+            if isinstance(wrapped.module, Switch):
+                wrapped.module.failing = False
+
+    def test_strided_nested_tensor_after_dense(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's "prototype" notice
+            nested = torch.nested.nested_tensor([x(3, 4), x(2, 4)])
+        wrapped = Distribute(TWO, lambda a, b: a)
+        expected = message(lambda: Distribute(TWO, lambda a, b: a)(nested, nested))
+        for _ in range(2):
+            wrapped(x(2, 3, 4), x(2, 3, 5))
+            assert message(lambda: wrapped(nested, nested)) == expected
+
+
+def jagged(lengths: list[int], width: int) -> torch.Tensor:
+    return torch.nested.nested_tensor([torch.randn(n, width) for n in lengths], layout=torch.jagged)
+
+
+class TestOtherPathsAfterAHit:
+    def test_jagged_input_takes_the_jagged_path(self) -> None:
+        wrapped = Distribute(TWO, lambda a, b: a * 2)
+        wrapped(x(2, 3, 4), x(2, 3, 5))
+        wrapped(x(2, 3, 4), x(2, 3, 5))
+        nt = jagged([3, 1], 4)
+        other = torch.nested.nested_tensor_from_jagged(torch.randn(4, 5), nt.offsets())
+        y = wrapped(nt, other)
+        assert y.is_nested and torch.equal(y.values(), nt.values() * 2)
+
+    def test_masked_call_takes_the_rows_path(self) -> None:
+        wrapped = Distribute("b t d -> (b t) d", lambda a, b: a + b, fill_value=-1.0)
+        a, b = x(2, 3, 4), x(2, 3, 4)
+        wrapped(a, b)
+        wrapped(a, b)
+        y = wrapped(a, b, fold_lengths=[3, 1])
+        assert torch.equal(y[1, 1:], torch.full((2, 4), -1.0)) and torch.equal(y[0], a[0] + b[0])
+
+    def test_row_keywords_given_as_none_never_reach_the_module(self) -> None:
+        wrapped = Distribute("b t d -> (b t) d", lambda a, b, **keywords: (a, sorted(keywords)))
+        for _ in range(3):
+            assert wrapped(x(2, 3, 4), x(2, 3, 4), fold_mask=None, fold_lengths=None, other=1)[1] == ["other"]
+
+    @pytest.mark.usefixtures("float64")
+    def test_another_rank_and_back(self) -> None:
+        wrapped = Distribute("... d -> (...) d", lambda a, b: a - b)
+        for shape in [(2, 3, 4), (2, 3, 5, 4), (6, 4), (2, 3, 4), (2, 3, 5, 4), (7, 2, 1, 1, 4)]:
+            a, b = x(*shape), x(*shape)
+            assert_exact(wrapped(a, b), a - b)
+
+
+class Pair(NamedTuple):
+    first: Any
+    second: Any
+
+
+@st.composite
+def output_structures(draw: st.DrawFn, depth: int = 0) -> Any:
+    """A nested output made of the leaves "tensor", "row" (one value per row), atoms and containers."""
+    kinds = ["tensor", "row", "atom"] + (["tuple", "list", "dict", "pair"] if depth < 3 else [])
+    kind = draw(st.sampled_from(kinds))
+    if kind in ("tensor", "row"):
+        return kind
+    if kind == "atom":
+        return draw(st.sampled_from([None, 3, 2.5, "label", True]))
+    children = [draw(output_structures(depth + 1)) for _ in range(2 if kind == "pair" else draw(st.integers(0, 3)))]
+    if kind == "dict":
+        return {f"k{i}": child for i, child in enumerate(children)}
+    return Pair(*children) if kind == "pair" else tuple(children) if kind == "tuple" else children
+
+
+def build_output(structure: Any, z: torch.Tensor, counter: list[int]) -> Any:
+    """The structure with its tensor leaves filled from ``z``: each leaf another function of it."""
+    if structure == "tensor":
+        counter[0] += 1
+        return z * counter[0]
+    if structure == "row":
+        counter[0] += 1
+        return z.sum(-1) + counter[0]
+    if isinstance(structure, dict):
+        return {key: build_output(value, z, counter) for key, value in structure.items()}
+    if isinstance(structure, Pair):
+        return Pair(*(build_output(value, z, counter) for value in structure))
+    if isinstance(structure, tuple | list):
+        return type(structure)(build_output(value, z, counter) for value in structure)
+    return structure
+
+
+def unfolded(structure: Any, y: Any, b: int, t: int) -> Any:
+    """The reference unfold of ``y``: every tensor leaf's dim 0 split into (b, t)."""
+    if isinstance(y, torch.Tensor):
+        return y.unflatten(0, (b, t))
+    if isinstance(y, dict):
+        return {key: unfolded(structure, value, b, t) for key, value in y.items()}
+    if isinstance(y, tuple | list):
+        return (
+            type(y)(*(unfolded(structure, v, b, t) for v in y))
+            if isinstance(y, Pair)
+            else type(y)(unfolded(structure, v, b, t) for v in y)
+        )
+    return y
+
+
+def same(actual: Any, expected: Any) -> None:
+    assert type(actual) is type(expected)
+    if isinstance(expected, torch.Tensor):
+        assert torch.equal(actual, expected) and actual.stride() == expected.stride()
+    elif isinstance(expected, dict):
+        assert list(actual) == list(expected)
+        for key in expected:
+            same(actual[key], expected[key])
+    elif isinstance(expected, tuple | list):
+        assert len(actual) == len(expected)
+        for a, e in zip(actual, expected, strict=True):
+            same(a, e)
+    else:
+        assert actual == expected
+
+
+class TestOutputsOnAHit:
+    @settings(max_examples=60, deadline=None, derandomize=True)
+    @given(structure=output_structures(), two_tensors=st.booleans())
+    def test_any_output_structure(self, structure: Any, two_tensors: bool) -> None:
+        def fn(*tensors: torch.Tensor) -> Any:
+            return build_output(structure, tensors[0], [0])
+
+        a = x(2, 3, 4)
+        args = (a, x(2, 3, 4)) if two_tensors else (a,)
+        expected = unfolded(structure, fn(a.flatten(0, 1)), 2, 3)
+        wrapped = distribute("b t d -> (b t) d", fn)
+        for _ in range(3):
+            same(wrapped(*args), expected)
+
+    @pytest.mark.parametrize(
+        "make",
+        [
+            lambda z: torch.max(z, dim=-1),
+            lambda z: collections.OrderedDict(z=z),
+            lambda z: (z, [z, {"deep": (z, None)}], "label"),
+            lambda z: {"second": z, "first": z * 2},
+        ],
+        ids=["return-types", "ordered-dict", "nested", "dict-order"],
+    )
+    def test_containers_come_back_alike(self, make: Callable[[torch.Tensor], Any]) -> None:
+        a = x(2, 3, 4)
+        expected = foldaxes.unfold(make(a.flatten(0, 1)), foldaxes.fold(a, "b t d -> (b t) d")[1])
+        wrapped = distribute("b t d -> (b t) d", make)
+        for _ in range(3):
+            same(wrapped(a), expected)
+
+    def test_out_structures_come_back_in_out_order(self) -> None:
+        a = x(2, 3, 4)
+        out = {"b": "(b t) d -> t b d", "a": None}
+        wrapped = Distribute("b t d -> (b t) d", lambda z: {"a": z, "b": z + 1}, out=out)
+        for _ in range(3):
+            y = wrapped(a)
+            assert list(y) == ["b", "a"]
+            assert torch.equal(y["b"], (a + 1).transpose(0, 1)) and torch.equal(y["a"], a.flatten(0, 1))
+
+
+class TestProgramsAreUsed:
+    def test_a_recorded_structure_skips_the_full_fold_and_unfold(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        wrapped = Distribute(TWO, lambda a, b, *rest: (a, {"b": b}))
+        pattern = wrapped._caller.pattern
+        calls: list[str] = []
+        fold, unfold = pattern.fold, pattern.outputs.unfold
+        monkeypatch.setattr(pattern, "fold", lambda *a: calls.append("fold") or fold(*a))
+        monkeypatch.setattr(pattern.outputs, "unfold", lambda *a: calls.append("unfold") or unfold(*a))
+        for _ in range(3):
+            wrapped(x(2, 3, 4), x(2, 3, 5))
+        assert calls == ["fold", "unfold"]
+        wrapped(x(2, 3, 4), x(2, 3, 5), "another structure")
+        assert calls == ["fold", "unfold", "fold", "unfold"]
+
+
+class TestCaches:
+    def test_bounded(self) -> None:
+        wrapped = Distribute("... d -> (...) d", lambda *a: (a[0],))
+        for count in range(1, 80):  # 79 structures: a tensor and count - 1 plain values
+            wrapped(x(2, 4), *range(count - 1))
+        for rank in range(2, 9):  # 7 ranks of one structure
+            wrapped(x(*[1] * rank), x(*[1] * rank))
+        caller = wrapped._caller
+        assert 0 < len(caller._inputs) <= 64 and 0 < len(caller._outputs) <= 64
+        assert all(len(programs) <= 4 for programs in caller._inputs.values())
+
+    def test_nothing_is_recorded_while_compiling(self) -> None:
+        torch._dynamo.reset()
+        wrapped = Distribute(TWO, lambda a, b: (a, b))
+        compiled = torch.compile(wrapped, fullgraph=True, backend="eager")
+        a, b = x(2, 3, 4), x(2, 3, 5)
+        assert_exact(compiled(a, b), (a, b))
+        assert wrapped._caller._inputs == {} and wrapped._caller._outputs == {}
+
+    def test_a_warm_wrapper_compiles_to_the_same_result(self) -> None:
+        torch._dynamo.reset()
+        wrapped = Distribute(TWO, lambda a, b: (a * 2, {"b": b}))
+        a, b = x(2, 3, 4), x(2, 3, 5)
+        wrapped(a, b)
+        wrapped(a, b)
+        expected = wrapped(a, b)
+        compiled = torch.compile(wrapped, fullgraph=True, backend="eager")(a, b)
+        same(compiled, expected)
+
+    def test_threads_share_one_wrapper(self) -> None:
+        wrapped = Distribute("... d -> (...) d", lambda a, *rest: (a * 2, rest))
+        barrier, errors = threading.Barrier(8), []
+
+        def work(index: int) -> None:
+            try:
+                barrier.wait()
+                generator = torch.Generator().manual_seed(index)
+                for step in range(40):
+                    shape = [*torch.randint(1, 4, (index % 3 + 1,), generator=generator).tolist(), 4]
+                    a = torch.randn(shape, generator=generator)
+                    extras = tuple(torch.randn(shape, generator=generator) for _ in range(step % 3))
+                    y, rest = wrapped(a, *extras)
+                    assert torch.equal(y, einops.rearrange(a * 2, "... d -> ... d"))
+                    assert all(torch.equal(r, e) for r, e in zip(rest, extras, strict=True))
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors[0]
+
+
+def test_fold_error_types_are_unchanged() -> None:
+    """A program never raises: errors on a hit come from the full path, so they stay FoldErrors."""
+    wrapped = Distribute(TWO, lambda a, b: a)
+    wrapped(x(2, 3, 4), x(2, 3, 5))
+    with pytest.raises(FoldError):
+        wrapped(x(2, 3, 4), x(3, 3, 5))
