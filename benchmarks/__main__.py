@@ -1,8 +1,9 @@
 """``python -m benchmarks``: foldaxes beside every other way of folding (batch, time), in one process.
 
-Runs the eager workloads A to F, the compiled workload G, the construction workload H and the ragged-input
-workload R, prints a table per workload and the targets with PASS or FAIL, prints the summary table last, and
-writes the same to docs/benchmarks.md with a bar chart (docs/benchmarks.png, when matplotlib is installed).
+Runs the eager workloads A to F, the compiled workload G, the construction workload H, the general call path
+I to L (several tensors, nested outputs, out=) and the ragged-input workload R, prints a table per workload and
+the targets with PASS or FAIL, prints the summary tables last, and writes the same to docs/benchmarks.md with a
+bar chart of A to F (docs/benchmarks.png, when matplotlib is installed).
 Nothing here decides CI: the exit status is 0 unless ``--check`` is given and a target fails.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import _compiled, _construction, _ragged, _report, _workloads
+from . import _compiled, _construction, _general, _ragged, _report, _workloads
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 GPU_SECTION = """## On a GPU
@@ -28,10 +29,12 @@ here, with the card and the date, once it has run."""
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smaller time budget: under 2 minutes in all")
-    parser.add_argument("--budget", type=float, help="seconds of timing per workload (default 12, quick 2)")
+    parser.add_argument(
+        "--budget", type=float, help="seconds of timing per workload (default 12, quick 2; I to L take half each)"
+    )
     parser.add_argument("--rounds", type=int, help="interleaved rounds per workload (default: what fits the budget)")
     parser.add_argument("--seconds", type=float, default=0.02, help="minimum run time of a column per round")
-    parser.add_argument("--only", help="comma-separated workload keys, e.g. A-Linear,B,G,H,R (default: all)")
+    parser.add_argument("--only", help="comma-separated workload keys, e.g. A-Linear,B,G,H,I,R (default: all)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier medians)")
     parser.add_argument("--scale", type=int, default=1, help="divide the image sizes by this, for smoke runs")
     parser.add_argument("--no-keras", action="store_true", help="leave Keras out even when it is installed")
@@ -75,6 +78,16 @@ def _run(args: argparse.Namespace) -> int:
         construction = _construction.run(repeats=100 if args.quick else 400)
         sections += ["**H**: construction and first call", "", *_report.construction_details(construction), ""]
         checks += _construction.targets(construction)
+    general = []
+    for case in _general.CASES:
+        if not wanted(case.key):
+            continue
+        _progress(f"{case.key}: {case.title}", started)
+        # Four small workloads: half the budget each keeps them to about two workloads' time in all.
+        outcome = _general.run(case, rounds, seconds, budget / 2)
+        general.append(outcome)
+        sections += [*_report.general_details(outcome), ""]
+        checks += _general.targets(outcome)
     if wanted("R"):
         _progress("R: ragged, padded, long and repeated inputs", started)
         ragged_lines, ragged_checks = _ragged.run(args.quick)
@@ -82,12 +95,15 @@ def _run(args: argparse.Namespace) -> int:
         checks += ragged_checks
 
     header = _report.environment(torch.get_num_threads())
-    summary = _report.summary(results, compiled)
+    summary = _report.summary(results, compiled) if results or compiled else []
+    general_summary = _report.general_summary(general) if general else []
     targets = _report.target_lines(checks)
-    print("\n".join(["", *sections, "Targets", "", *targets, "", header, "", *summary]))
+    summaries = [*summary, *([""] if summary and general_summary else []), *general_summary]
+    print("\n".join(["", *sections, "Targets", "", *targets, "", header, "", *summaries]))
     if not args.no_write and only is None and args.scale == 1:
         drawn = _report.chart(results, DOCS / "benchmarks.png")
-        (DOCS / "benchmarks.md").write_text(_page(header, summary, sections, targets, drawn, args.quick))
+        page = _page(header, summary, general_summary, sections, targets, drawn, args.quick)
+        (DOCS / "benchmarks.md").write_text(page)
         _progress(f"wrote {DOCS / 'benchmarks.md'}", started)
     failed = [name for name, ok in checks if not ok]
     return 1 if args.check and failed else 0
@@ -97,7 +113,15 @@ def _progress(message: str, started: float) -> None:
     print(f"[{time.perf_counter() - started:6.1f} s] {message}", file=sys.stderr, flush=True)
 
 
-def _page(header: str, summary: list[str], sections: list[str], targets: list[str], chart: bool, quick: bool) -> str:
+def _page(
+    header: str,
+    summary: list[str],
+    general_summary: list[str],
+    sections: list[str],
+    targets: list[str],
+    chart: bool,
+    quick: bool,
+) -> str:
     mode = "`python -m benchmarks --quick`" if quick else "`python -m benchmarks`"
     parts = [
         "# Benchmarks",
@@ -126,7 +150,27 @@ def _page(header: str, summary: list[str], sections: list[str], targets: list[st
     ]
     if chart:
         parts += ["![Ratio to the hand-written fold, per workload](benchmarks.png)", ""]
-    parts += ["## Targets", "", *targets, "", "## Each workload", "", *sections, GPU_SECTION, ""]
+    parts += [
+        "## Several tensors, nested outputs, out=: ratio to the thinnest hand-written wrapper",
+        "",
+        "Workloads I to L run foldaxes' general call path: several tensors folded at once, tuple, nested tuple",
+        "and dict outputs, and an `out=` structure. Their reference is the thinnest hand-written wrapper that",
+        "does the same fold, call and unfold by hand (`flatten(0, 1)` of each input, `unflatten` of each output",
+        "leaf), an `nn.Module` for I and J and a plain function for K and L. *fails*: the peer raises on the case;",
+        "*n/a*: the peer cannot express it (fastai's TimeDistributed unfolds a tensor or a flat tuple only).",
+        "",
+        *general_summary,
+        "",
+        "## Targets",
+        "",
+        *targets,
+        "",
+        "## Each workload",
+        "",
+        *sections,
+        GPU_SECTION,
+        "",
+    ]
     return "\n".join(parts)
 
 

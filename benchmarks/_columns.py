@@ -85,13 +85,14 @@ def torch_columns(module: Callable[..., Any], folds: Folds) -> dict[str, Call]:
         "einops pack/unpack": einops_pack,
         "torch.func.vmap": torch.func.vmap(torch.func.vmap(module)),
     }
-    fastai = _fastai_time_distributed()
+    fastai = fastai_time_distributed()
     if fastai is not None:
         columns["fastai TimeDistributed"] = fastai(module)
     return columns
 
 
-def _fastai_time_distributed() -> Callable[[Callable[..., Any]], Call] | None:
+def fastai_time_distributed() -> Callable[[Callable[..., Any]], Call] | None:
+    """fastai's ``TimeDistributed`` class, or ``None`` when fastai is not installed."""
     if importlib.util.find_spec("fastai") is None:
         return None
     with warnings.catch_warnings():  # fastai scripts functions at import time, which torch 2.13 deprecates

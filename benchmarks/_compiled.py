@@ -35,8 +35,8 @@ class CompiledResult:
         return self.rounds[column].ratio_to(self.rounds[HAND_WRITTEN])
 
 
-def functional_graph_ops(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> list[str]:
-    """The ATen ops of the graph that ``torch.compile(fn, fullgraph=True)`` hands to its compiler.
+def functional_graph_ops(fn: Callable[..., Any], *inputs: torch.Tensor) -> list[str]:
+    """The ATen ops of the graph that ``torch.compile(fn, fullgraph=True)`` hands to its compiler, called on ``inputs``.
 
     This is the only place in the benchmarks that touches a private torch API: ``aot_autograd`` is how a
     custom backend sees the functionalized ATen graph that inductor compiles.
@@ -50,7 +50,7 @@ def functional_graph_ops(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> 
         return graph
 
     torch._dynamo.reset()
-    torch.compile(fn, backend=aot_autograd(fw_compiler=record), fullgraph=True)(x)
+    torch.compile(fn, backend=aot_autograd(fw_compiler=record), fullgraph=True)(*inputs)
     return [str(node.target) for graph in graphs for node in graph.graph.nodes if node.op == "call_function"]
 
 
@@ -83,7 +83,7 @@ def run(rounds: int | None, min_run_time: float, budget: float, side: int = 64) 
     with torch.no_grad():
         for name, fn in columns.items():
             try:
-                graphs[name] = {label: _aten_ops(functional_graph_ops(fn, x)) for label, x in inputs.items()}
+                graphs[name] = {label: aten_ops(functional_graph_ops(fn, x)) for label, x in inputs.items()}
             except Exception as error:  # a peer that cannot compile is a result, not a crash of the benchmark
                 graphs[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:100]}"
                 continue
@@ -97,7 +97,8 @@ def run(rounds: int | None, min_run_time: float, budget: float, side: int = 64) 
     return CompiledResult(graphs, measured, dynamic)
 
 
-def _aten_ops(ops: list[str]) -> list[str]:
+def aten_ops(ops: list[str]) -> list[str]:
+    """The ATen ops of a recorded graph, without their ``.default`` overload names."""
     return [op.removesuffix(".default") for op in ops if op.startswith("aten.")]
 
 

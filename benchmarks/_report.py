@@ -13,6 +13,7 @@ from pathlib import Path
 from ._columns import HAND_WRITTEN, KERAS, KERAS_FOLDED
 from ._compiled import CompiledResult
 from ._construction import ConstructionResult
+from ._general import THINNEST, GeneralResult
 from ._workloads import Result
 
 Check = tuple[str, bool]
@@ -79,6 +80,68 @@ def details(result: Result) -> list[str]:
             row += " yes |" if result.channels_last.get(column) else " no |"
         lines.append(row)
     return lines
+
+
+def general_summary(results: Sequence[GeneralResult]) -> list[str]:
+    """One row per column, one column per workload of I to L: the ratio to the thinnest hand-written wrapper.
+
+    foldaxes' row joins ``Distribute`` and ``distribute``, each named with the workloads it ran.
+    """
+    keys = [result.case.key for result in results]
+    by_name: dict[str, list[str]] = {}
+    for result in results:
+        by_name.setdefault(result.case.foldaxes_name, []).append(result.case.key)
+    foldaxes_row = " / ".join(f"{name} ({', '.join(names)})" for name, names in by_name.items())
+    peers = [
+        name
+        for name in dict.fromkeys(name for result in results for name in (*result.rounds, *result.unavailable))
+        if name != THINNEST and name not in by_name
+    ]
+    lines = ["| column | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for row in (THINNEST, foldaxes_row, *peers):
+        cells = [_general_cell(result, result.case.foldaxes_name if row == foldaxes_row else row) for result in results]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _general_cell(result: GeneralResult, column: str) -> str:
+    if column in result.rounds:
+        return f"{result.ratio(column):.2f}x"
+    return "fails" if result.unavailable.get(column, "").startswith("fails") else "n/a"
+
+
+def general_details(result: GeneralResult) -> list[str]:
+    """Each column's median, ratio and spread; the peers that could not run; for I and J, the compiled graphs."""
+    case = result.case
+    unit, scale = ("us", 1e6) if result.rounds[THINNEST].median < 1e-3 else ("ms", 1e3)
+    lines = [
+        f"**{case.key}**: {case.title}",
+        "",
+        f"| column | median {unit} | x {THINNEST} | spread |",
+        "|---|---|---|---|",
+    ]
+    for column, rounds in result.rounds.items():
+        lines.append(f"| {column} | {rounds.median * scale:.1f} | {result.ratio(column):.2f} | {rounds.spread:.0%} |")
+    lines += [f"| {column} | {why} | | |" for column, why in result.unavailable.items()]
+    if result.graphs:
+        lines += ["", _graphs_sentence(result)]
+    return lines
+
+
+def _graphs_sentence(result: GeneralResult) -> str:
+    """Compares foldaxes' compiled graph with the hand-written wrapper's, in one sentence."""
+    name = result.case.foldaxes_name
+    reference, graph = result.graphs[THINNEST], result.graphs[name]
+    if isinstance(reference, str):
+        return f"Under torch.compile(fullgraph=True) the hand-written wrapper fails to compile: `{reference}`."
+    start = f"Compiled with fullgraph=True, the hand-written wrapper's graph has {len(reference)} ATen ops"
+    if isinstance(graph, str):
+        return f"{start}; {name} fails to compile: `{graph}`."
+    if graph == reference:
+        return f"{start}; {name}'s has the same {len(graph)}."
+    first = next(i for i, (a, b) in enumerate(zip([*reference, None], [*graph, None], strict=False)) if a != b)
+    shown = [", ".join(ops[first : first + 3]) or "nothing" for ops in (graph, reference)]
+    return f"{start}; {name}'s has {len(graph)}, from op {first + 1} on `{shown[0]}` where it has `{shown[1]}`."
 
 
 def compiled_details(result: CompiledResult) -> list[str]:

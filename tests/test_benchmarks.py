@@ -14,7 +14,7 @@ from torch import nn
 
 import foldaxes
 from benchmarks import __main__ as benchmarks_main
-from benchmarks import gpu_check
+from benchmarks import _general, gpu_check
 from benchmarks._columns import ClassicRecipe, Folds, torch_columns
 from benchmarks._compiled import compile_count, functional_graph_ops
 from benchmarks._harness import Marked, Rounds, footprint, interleaved
@@ -129,6 +129,63 @@ class TestCompiled:
         assert with_a_new_dtype == once + 1
 
 
+class FastaiLike(nn.Module):
+    """fastai's ``TimeDistributed`` as documented: ``view`` every input, then a tensor or a flat tuple out."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *tensors: torch.Tensor) -> object:
+        first, second = tensors[0].shape[:2]
+        out = self.module(*[x.view(first * second, *x.shape[2:]) for x in tensors])
+        if isinstance(out, tuple):
+            return tuple(o.view(first, second, *o.shape[1:]) for o in out)
+        return out.view(first, second, *out.shape[1:])
+
+
+# vmap has no batching rule for aten::lstm: the benchmark reports the column as failing.
+GENERAL_FAILS = {("J", _general.VMAP): "Batching rule not implemented"}
+
+
+class TestGeneral:
+    @pytest.mark.parametrize("case", _general.CASES, ids=lambda case: case.key)
+    def test_every_column_computes_what_the_hand_written_wrapper_does(self, case: _general.Case) -> None:
+        built = case.build(torch.float64)
+        with torch.no_grad():
+            expected = built.columns[_general.THINNEST](*built.inputs)
+            for name, column in built.columns.items():
+                if (case.key, name) in GENERAL_FAILS:
+                    with pytest.raises(RuntimeError, match=GENERAL_FAILS[case.key, name]):
+                        column(*built.inputs)
+                    continue
+                actual = column(*built.inputs)
+                torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12, msg=f"{case.key}: {name}")
+
+    def test_the_hand_written_lstm_keeps_each_clip_s_states_at_its_place(self) -> None:
+        built = _general.lstm(torch.float64)
+        wrapper, (x,) = built.columns[_general.THINNEST], built.inputs
+        with torch.no_grad():
+            out, (h, c) = wrapper(x)
+            alone, (h_alone, c_alone) = wrapper.m(x[1, 2:3])
+        torch.testing.assert_close((out[1, 2], h[:, 1, 2], c[:, 1, 2]), (alone[0], h_alone[:, 0], c_alone[:, 0]))
+
+    @pytest.mark.parametrize(
+        ("case", "applies"),
+        [pytest.param(case, case.key in "IL", id=case.key) for case in _general.CASES],
+    )
+    def test_fastai_runs_flat_outputs_and_is_not_applicable_to_nested_ones(
+        self, monkeypatch: pytest.MonkeyPatch, case: _general.Case, applies: bool
+    ) -> None:
+        monkeypatch.setattr(_general, "fastai_time_distributed", lambda: FastaiLike)
+        built = case.build(torch.float64)
+        assert (_general.FASTAI in built.columns, _general.FASTAI in built.unavailable) == (applies, not applies)
+        if applies:
+            with torch.no_grad():
+                expected = built.columns[_general.THINNEST](*built.inputs)
+                torch.testing.assert_close(built.columns[_general.FASTAI](*built.inputs), expected)
+
+
 class TestEndToEnd:
     @pytest.mark.slow  # a whole benchmark run, about 3 s
     def test_a_small_run_prints_targets_and_summary(self, capsys: pytest.CaptureFixture[str]) -> None:
@@ -138,6 +195,16 @@ class TestEndToEnd:
         assert "| A-Linear: Distribute <= 1.05x thinnest module |" in printed
         assert "| B: Distribute copies 0 bytes | PASS |" in printed
         assert "| column | A-Linear | B |" in printed
+
+    @pytest.mark.slow  # compiles an LSTM twice, about 3 s
+    def test_a_general_workload_prints_its_table_targets_and_summary(self, capsys: pytest.CaptureFixture[str]) -> None:
+        argv = ["--only", "J", "--rounds", "2", "--seconds", "0.001", "--no-write", "--no-keras"]
+        assert benchmarks_main.main(argv) == 0
+        printed = capsys.readouterr().out
+        assert "| J: Distribute <= 1.10x thinnest hand-written |" in printed
+        assert "| J: Distribute compiles to the hand-written wrapper's ops |" in printed
+        assert "| column | J |" in printed
+        assert "| torch.func.vmap | fails |" in printed
 
     @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
     def test_gpu_check_says_it_has_nothing_to_check_without_cuda(self, capsys: pytest.CaptureFixture[str]) -> None:
