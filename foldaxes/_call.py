@@ -23,7 +23,7 @@ from ._execution import Execution, why_partial
 from ._expanded import find_repeats, has_zero_stride
 from ._masks import MASK, SAMPLE_LENGTHS, RowSelection
 from ._notes import add_fold_note
-from ._plan import MAX_RANKS, product
+from ._plan import MAX_RANKS, mergeable, product
 from ._program import MISS, InputProgram, OutputProgram, record_outputs
 from ._ragged import call_jagged
 from ._records import FoldedCall
@@ -63,7 +63,7 @@ class Caller:
             _require_default_unfold(
                 pattern, "compute_repeats_once", "the outputs are expanded back at the folded dim of each output."
             )
-        self._fast = pattern.single and pattern.outputs.out is None and execution.plain
+        self._fast = pattern.single and pattern.outputs.out is None and execution.plain and execution.copy is None
         self._repeats_once = execution.compute_repeats_once
         self._flatten_spans: dict[int, tuple[int, int] | None] = {}
         self._inputs: dict[Structure, tuple[InputProgram, ...]] = {}
@@ -77,9 +77,14 @@ class Caller:
             if isinstance(x, torch.Tensor) and x.layout is _STRIDED and not x.is_nested:
                 spans, ndim = self._flatten_spans, x.ndim
                 span = spans[ndim] if ndim in spans else self._flatten_span(x)
-                if span is not None and not (self._repeats_once and has_zero_stride(x, span)):
+                # A contiguous tensor flattens by a view and repeats nothing; any other needs its strides read.
+                if span is not None and (
+                    x.is_contiguous()
+                    or (mergeable(x.shape, x.stride(), *span) and not (self._repeats_once and has_zero_stride(x, span)))
+                ):
                     start, end = span
-                    sizes, folded = x.shape[start : end + 1], x.flatten(start, end)
+                    sizes = x.shape[start : end + 1]
+                    folded = x.flatten(start, end)
                     try:
                         y = fn(folded)
                     except Exception as error:
@@ -127,9 +132,9 @@ class Caller:
             elif execution.compute_repeats_once and not torch.compiler.is_compiling():
                 repeats = find_repeats(fn, pattern.tensor_arguments(args, kwargs), pattern.group_axes, pattern.lengths)
             if repeats is not None:
-                call = pattern.fold(*repeats.narrowed(args, kwargs))
+                call = pattern.fold(*repeats.narrowed(args, kwargs), execution.copy)
             else:
-                call = pattern.fold(args, kwargs)
+                call = pattern.fold(args, kwargs, execution.copy)
                 if kwargs is given:  # no fold_mask or fold_lengths, not even None: the program passes every keyword
                     self._record(args, kwargs, structure, call)
         try:
@@ -153,7 +158,7 @@ class Caller:
         if self._repeats_once or _tracing():
             return  # a program folds a repeated input densely, which compute_repeats_once asks not to
         programs = self._inputs.get(structure, ())
-        program = self.pattern.program(args, kwargs, call)
+        program = self.pattern.program(args, kwargs, call, self.execution.copy)
         _store(self._inputs, structure, (program, *programs[: _PROGRAMS_PER_STRUCTURE - 1]))
 
     def _unfold(self, result: Any, dim: int | None, sizes: Sequence[int], structure: Structure) -> Any:

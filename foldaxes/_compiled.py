@@ -13,12 +13,13 @@ import torch
 
 from ._errors import fold_error, positive_int, shown
 from ._pattern import ELLIPSIS, parse_pattern, parse_rule
-from ._plan import Rule, SizeMismatch
+from ._plan import NoView, Rule, SizeMismatch
 from ._program import InputProgram, ProgramInput, as_slice, merged_checks
 from ._records import FoldedCall, Key, TensorArgument
+from ._strides import copy_refused
 from ._unfold import OutputRules, OutSpec
 
-__all__ = ["CompiledPattern", "is_jagged"]
+__all__ = ["CompiledPattern", "is_jagged", "keyword_pattern"]
 
 
 def is_jagged(x: torch.Tensor) -> bool:
@@ -105,11 +106,15 @@ class CompiledPattern:
                 )
         return found
 
-    def fold(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> FoldedCall:
+    def fold(self, args: Sequence[Any], kwargs: Mapping[str, Any], copy: bool | None = None) -> FoldedCall:
         """Folds every tensor argument of a call, checking that they fit the pattern and agree on their sizes.
 
+        ``copy`` is as for ``Plan.apply``: ``None`` copies only where no view exists, ``True`` always copies,
+        ``False`` never does.
+
         Raises:
-            FoldError: the arguments do not fit the pattern, or disagree with each other.
+            FoldError: the arguments do not fit the pattern, disagree with each other, or need a copy that
+                ``copy=False`` forbids.
         """
         seen: dict[str, tuple[object, str, torch.Size]] = {}
         folded_args = list(args)
@@ -120,7 +125,8 @@ class CompiledPattern:
         other: tuple[str, Rule] | None = None
         carried = False
         for key, label, rule, x in self.tensor_arguments(args, kwargs):
-            folded, group_sizes, group_dim = self._fold_one(rule, self._compared_for(key, rule), x, label, seen)
+            compared = self._compared_for(key, rule)
+            folded, group_sizes, group_dim = self._fold_one(rule, compared, x, label, seen, copy)
             if isinstance(key, str):
                 folded_kwargs[key] = folded
             else:
@@ -135,11 +141,13 @@ class CompiledPattern:
                 other = (label, rule)
         return FoldedCall(tuple(folded_args), folded_kwargs, dim, sizes, tuple(slots), other)
 
-    def program(self, args: Sequence[Any], kwargs: Mapping[str, Any], call: FoldedCall) -> InputProgram:
+    def program(
+        self, args: Sequence[Any], kwargs: Mapping[str, Any], call: FoldedCall, copy: bool | None
+    ) -> InputProgram:
         """What ``fold`` did for this call, as a program that later calls of the same structure can run.
 
-        ``call`` is what ``fold`` returned for these arguments; the program checks the sizes that ``fold`` checked
-        (see ``_program.py``).
+        ``call`` is what ``fold`` returned for these arguments with ``copy``; the program checks the sizes that
+        ``fold`` checked (see ``_program.py``).
         """
         tensors: list[ProgramInput] = []
         first: dict[str, tuple[int, int]] = {}
@@ -147,7 +155,7 @@ class CompiledPattern:
         carrier, group = -1, tuple[int, ...]()
         for index, (key, label, rule, x) in enumerate(self.tensor_arguments(args, kwargs)):
             plan = rule.plan(x, label)
-            tensors.append(ProgramInput(key, x.ndim, plan.flatten_only, plan))
+            tensors.append(ProgramInput(key, x.ndim, plan.flatten_only if copy is None else None, plan))
             names, same_group = (
                 self._compared_kwargs[key] if isinstance(key, str) else self._compared[rule.operand.index]
             )
@@ -170,6 +178,7 @@ class CompiledPattern:
             carrier=carrier,
             group=as_slice(group),
             call=call,
+            copy=copy,
         )
 
     def _compared_for(self, key: Key, rule: Rule) -> tuple[frozenset[str], bool]:
@@ -183,16 +192,6 @@ class CompiledPattern:
         same group does.
         """
         return isinstance(key, str) or self.single or rule.operand.index == self._group_operand
-
-    def keyword_pattern(self) -> str | None:
-        """A ``fold_kwargs`` pattern that folds a keyword tensor's leading axes as the folded group, for hints.
-
-        ``None`` when the folded group has an ellipsis or there is none, which no simple pattern can name.
-        """
-        if not self.group_axes or ELLIPSIS in self.group_axes:
-            return None
-        axes = " ".join(self.group_axes)
-        return f"{axes} ... -> ({axes}) ..."
 
     def _positions(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[int]:
         """The positions of the tensor arguments, once their number is checked against the operands."""
@@ -214,13 +213,16 @@ class CompiledPattern:
         x: torch.Tensor,
         label: str,
         seen: dict[str, tuple[object, str, torch.Size]],
+        copy: bool | None,
     ) -> tuple[torch.Tensor, Sequence[int], int | None]:
         nested, layout = x.is_nested, x.layout  # each a costly lookup on a nested tensor: read once
         if nested or layout != torch.strided:
             raise _layout_error(label, rule.pattern, nested, layout)
         plan = rule.plan(x, label)
         try:
-            folded, group_sizes, elementary = plan.apply(x, self.lengths)
+            folded, group_sizes, elementary = plan.apply(x, self.lengths, copy)
+        except NoView:
+            raise copy_refused(label, rule.pattern, rule.operand, plan, x, self.lengths) from None
         except SizeMismatch as mismatch:
             raise fold_error(
                 f"{label} does not fit the pattern: {mismatch.what}.",
@@ -271,6 +273,17 @@ class CompiledPattern:
         )
 
 
+def keyword_pattern(group_axes: tuple[str, ...] | None) -> str | None:
+    """A ``fold_kwargs`` pattern that folds a keyword tensor's leading axes as the folded group, for hints.
+
+    ``None`` when the folded group has an ellipsis or there is none, which no simple pattern can name.
+    """
+    if not group_axes or ELLIPSIS in group_axes:
+        return None
+    axes = " ".join(group_axes)
+    return f"{axes} ... -> ({axes}) ..."
+
+
 def _count_error(
     pattern: CompiledPattern, args: Sequence[Any], kwargs: Mapping[str, Any], positions: list[int]
 ) -> Exception:
@@ -297,7 +310,7 @@ def _count_error(
         if unlisted:
             what += f"{', and' if given else ':'} the keyword tensors {', '.join(map(repr, unlisted))} are not "
             what += "named in fold_kwargs"
-        suggested = pattern.keyword_pattern()
+        suggested = keyword_pattern(pattern.group_axes)
         hint = (
             f"Keyword tensors are folded only when named in fold_kwargs, for example fold_kwargs="
             f"{{{unlisted[0]!r}: {suggested!r}}}."

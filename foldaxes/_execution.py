@@ -8,7 +8,7 @@ import torch
 
 from ._errors import flag, fold_error, positive_int, shown
 
-__all__ = ["Execution", "why_partial"]
+__all__ = ["Execution", "checked_copy", "why_partial"]
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class Execution:
         fill_value: What the rows left out by a mask are filled with in the outputs.
         allow_batch_statistics: Whether a BatchNorm that uses batch statistics may see part of the batch.
         compute_repeats_once: Whether rows that repeat along a folded axis (stride 0) are computed once.
+        copy: When the folded tensors are copies: ``None`` where no view exists, ``True`` always, ``False`` never.
         sample_axis: The axis of a two-axis folded group that ``fold_lengths`` has one entry per.
     """
 
@@ -29,6 +30,7 @@ class Execution:
     fill_value: float = 0.0
     allow_batch_statistics: bool = False
     compute_repeats_once: bool = False
+    copy: bool | None = None
     sample_axis: int = 0
 
     @property
@@ -45,6 +47,7 @@ class Execution:
         fill_value: float,
         allow_batch_statistics: bool,
         compute_repeats_once: bool,
+        copy: bool | None = None,
     ) -> Execution:
         """Validates the keywords of a wrapper.
 
@@ -74,7 +77,30 @@ class Execution:
                 pattern=pattern,
                 hint="It fills the rows that a mask leaves out, for example fill_value=0.0 or float('nan').",
             )
-        return cls(chunk_size, bool(checkpoint), fill_value, bool(allow_batch_statistics), bool(compute_repeats_once))
+        return cls(
+            chunk_size,
+            bool(checkpoint),
+            fill_value,
+            bool(allow_batch_statistics),
+            bool(compute_repeats_once),
+            checked_copy(pattern, copy),
+        )
+
+
+def checked_copy(pattern: str, copy: object) -> bool | None:
+    """``copy`` once it is known to be ``None``, ``True`` or ``False``.
+
+    Raises:
+        FoldError: it is anything else.
+    """
+    if copy is None or copy is True or copy is False:
+        return copy
+    raise fold_error(
+        f"copy must be None, True or False, not {shown(copy)}.",
+        pattern=pattern,
+        hint="None copies only where no view exists, True always gives the module its own tensors, False never "
+        "copies and raises where a copy would be needed.",
+    )
 
 
 def why_partial(execution: Execution, masked: bool) -> str | None:

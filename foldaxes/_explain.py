@@ -10,23 +10,25 @@ from __future__ import annotations
 import re
 import textwrap
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from itertools import pairwise
+from dataclasses import dataclass
 
 import torch
 
 from ._errors import fold_error, positive_int, shown
-from ._fold import fold, unfold
-from ._pattern import ELLIPSIS, parse_pattern
-from ._plan import Plan, Rule, SizeMismatch, product
+from ._fold import fold_by, unfold
+from ._pattern import parse_pattern
+from ._plan import Rule, SizeMismatch
+from ._strides import elementary_axes, group_text, shown_name, view_recipe
+from ._strides import reason as why
 
 __all__ = ["Explanation", "explain", "explain_layout"]
 
 _WIDTH = 100
 _LABEL = 10
-_PARENTHESISED = re.compile(r"\([^()]*\)")
+_UNBROKEN = re.compile(r"\([^()]*\)|(?<=[(=])'[^']*'")
+"""Parenthesised groups and quoted patterns: the report is never wrapped inside one."""
 _GLUE = "\0"
-"""Stands for a space inside parentheses while the report is wrapped, so that no group or shape is split."""
+"""Stands for a space inside what ``_UNBROKEN`` matches while the report is wrapped, so that none is split."""
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,9 @@ class Explanation:
         input:    shape (2, 3, 8, 16, 16), strides (6144, 2048, 256, 16, 1): contiguous
         folded:   shape (16, 3, 16, 16), strides (768, 256, 16, 1) (contiguous); the folded group (b t),
                   b=2, t=8, is dim 0
-        fold:     one copy. (b t) cannot be one axis: b's stride 6144 (= c*t*h*w) would have to be t's size
-                  8 times t's stride 256 (= h*w), 2048. They are not adjacent in memory: c lies between
-                  them.
+        fold:     one copy, laid out contiguous. (b t) cannot be one axis: b's stride 6144 (= c*t*h*w) would
+                  have to be t's size 8 times t's stride 256 (= h*w), 2048. They are not adjacent in memory:
+                  c lies between them.
         unfold:   an output (16, 3, 16, 16) comes back as (2, 8, 3, 16, 16), a view of it. Any output with
                   16 at dim 0 has that dim split into b=2, t=8.
     """
@@ -97,7 +99,7 @@ class Explanation:
             )
         else:
             group = (
-                f"the folded group {_group(self.folded_axes)}, {_sizes(self.folded_axes, self.folded_sizes)}, "
+                f"the folded group {group_text(self.folded_axes)}, {_sizes(self.folded_axes, self.folded_sizes)}, "
                 if self.folded_axes
                 else "the unit batch () "
             ) + f"is dim {self.folded_dim}"
@@ -108,7 +110,11 @@ class Explanation:
                 + ("a view of it." if self.unfold_is_view else "a copy.")
                 + f" Any output with {rows} at dim {self.folded_dim} has that dim {split}."
             )
-        fold_text = ("a view. " if self.is_view else "one copy. ") + self.reason
+        if self.is_view:
+            fold_text = "a view. " + self.reason
+        else:
+            frames = "" if self.folded_layout == "contiguous" else ", as each frame is"
+            fold_text = f"one copy, laid out {self.folded_layout}{frames}. " + self.reason
         if self.hint:
             fold_text += " " + self.hint
         lines = [
@@ -123,7 +129,7 @@ class Explanation:
         ]
         return "\n".join(
             textwrap.fill(
-                _PARENTHESISED.sub(lambda match: match[0].replace(" ", _GLUE), text),
+                _UNBROKEN.sub(lambda match: match[0].replace(" ", _GLUE), text),
                 _WIDTH,
                 initial_indent=f"{label + ':':<{_LABEL}}",
                 subsequent_indent=" " * _LABEL,
@@ -257,14 +263,19 @@ def explain_layout(
             given=lengths,
             hint="Give a shape whose sizes match, or correct the axis lengths.",
         ) from None
-    folded, spec = fold(example, pattern, **lengths)
+    folded, spec = fold_by(example, pattern, lengths)
+    assert isinstance(folded, torch.Tensor)
     output = torch.empty(folded.shape, device="meta")
     unfolded = unfold(output, spec)
     is_view = _root(folded) is example
 
-    axes = _elementary_axes(plan, example, lengths)
-    reason, hint = _reason(plan, axes, is_view, example.numel() == 0)
-    group = tuple(_shown(axis.name) for axis in axes[plan.group[0] : plan.group[1]]) if plan.group is not None else ()
+    axes = elementary_axes(plan, example, lengths)
+    reason, hint, reordered = why(plan, axes, is_view, example.numel() == 0)
+    recipe = None if reordered is None else view_recipe(pattern, parsed.operands[0], plan, reordered)
+    if recipe is not None:
+        hint = f"{hint} {recipe} folds without a copy and returns the outputs in the original order."
+    members = axes[plan.group[0] : plan.group[1]] if plan.group is not None else []
+    group = tuple(shown_name(axis.name) for axis in members)
     return Explanation(
         pattern=pattern,
         layout=_layout_words(example),
@@ -321,111 +332,6 @@ def _sizes_and_strides(
             hint="Give one stride per dim, as x.stride() returns them.",
         )
     return sizes, steps
-
-
-@dataclass(frozen=True)
-class _Axis:
-    name: str
-    size: int
-    stride: int
-
-
-def _elementary_axes(plan: Plan, x: torch.Tensor, lengths: Mapping[str, int]) -> list[_Axis]:
-    """The input's axes after the plan's splits and permute, just before it merges any: in output order."""
-    apart, _, _ = replace(plan, merges=(), unsqueezes=()).apply(x, lengths)
-    names = plan.names if plan.permutation is None else tuple(plan.names[i] for i in plan.permutation)
-    return [_Axis(name, size, stride) for name, size, stride in zip(names, apart.shape, apart.stride(), strict=True)]
-
-
-def _reason(plan: Plan, axes: list[_Axis], is_view: bool, empty: bool) -> tuple[str, str | None]:
-    """Why the fold is a view or a copy, and a hint when a copy could become a view."""
-    merges = sorted(plan.merges)
-    if not merges:
-        return "The pattern merges no axes: it only splits, reorders or adds unit axes, which are always views.", None
-    if empty:
-        return "The input is empty, and any reshape of an empty tensor is a view.", None
-    clauses: list[str] = []
-    hints: list[str] = []
-    blocked_any = False
-    for start, end in merges:
-        members = axes[start : end + 1]
-        text = _group(tuple(_shown(axis.name) for axis in members))
-        blocked = _blocking_pair(members)
-        if blocked is None:
-            clauses.append(_merges(text, members))
-            continue
-        outer, inner = blocked
-        blocked_any = True
-        clauses.append(
-            f"{text} cannot be one axis: {_shown(outer.name)}'s stride {_stride(outer, axes)} would have to be "
-            f"{_shown(inner.name)}'s size {inner.size} times {_shown(inner.name)}'s stride {_stride(inner, axes)}, "
-            f"{inner.size * inner.stride}."
-        )
-        hints.append(_hint(members, outer, inner, axes))
-    if not is_view and not blocked_any:  # not expected: every copy comes from a merge that the strides rule out
-        clauses.append("torch copied the input all the same.")
-    return " ".join(clauses), " ".join(hint for hint in hints if hint) or None
-
-
-def _merges(text: str, members: list[_Axis]) -> str:
-    big = [axis for axis in members if axis.size != 1]
-    if len(big) < 2:
-        which = f"only {_shown(big[0].name)} has" if big else "none of its axes has"
-        return f"{text} merges whatever the strides: {which} a size above 1."
-    pairs = "; ".join(
-        f"{_shown(outer.name)}'s stride {outer.stride} = {_shown(inner.name)}'s size {inner.size} times "
-        f"{_shown(inner.name)}'s stride {inner.stride}"
-        for outer, inner in pairwise(big)
-    )
-    return f"{text} becomes one axis of stride {big[-1].stride}: {pairs}."
-
-
-def _blocking_pair(members: list[_Axis]) -> tuple[_Axis, _Axis] | None:
-    """The first two neighbouring axes (size-1 axes skipped) that one stride cannot cover, if any.
-
-    ``flatten`` returns a view exactly when each axis's stride is the next axis's size times its stride;
-    axes of size 1 have no say.
-    """
-    big = [axis for axis in members if axis.size != 1]
-    for outer, inner in pairwise(big):
-        if outer.stride != inner.size * inner.stride:
-            return outer, inner
-    return None
-
-
-def _hint(members: list[_Axis], outer: _Axis, inner: _Axis, axes: list[_Axis]) -> str:
-    repeated = [axis for axis in members if axis.stride == 0 and axis.size > 1]
-    if repeated:
-        return (
-            f"{_shown(repeated[0].name)} has stride 0: the input repeats along it, as expand() makes. "
-            "Distribute(..., compute_repeats_once=True) runs the module on one copy of such an input rather than "
-            "folding every repeat."
-        )
-    in_memory = sorted(members, key=lambda axis: -axis.stride)
-    if in_memory != members and _blocking_pair(in_memory) is None:
-        order = _group(tuple(_shown(axis.name) for axis in in_memory))
-        return f"Writing the group as {order}, the order of its axes in memory, would make it a view."
-    between = [a for a in axes if a not in members and a.size != 1 and inner.stride < a.stride < outer.stride]
-    if between:
-        names = " and ".join(_shown(axis.name) for axis in between)
-        verb = "lie" if len(between) > 1 else "lies"
-        return f"They are not adjacent in memory: {names} {verb} between them."
-    if outer.stride > inner.size * inner.stride:
-        return "There is a gap in memory between them: the input is cropped or strided along an axis."
-    return ""
-
-
-def _stride(axis: _Axis, axes: list[_Axis]) -> str:
-    """The stride, with the axes whose sizes it is the product of when it is one (a dense layout)."""
-    if axis.stride <= 1:
-        return str(axis.stride)
-    inside = sorted(
-        (other for other in axes if other is not axis and other.size > 1 and other.stride < axis.stride),
-        key=lambda other: -other.stride,
-    )
-    if inside and product(other.size for other in inside) == axis.stride:
-        return f"{axis.stride} (= {'*'.join(_shown(other.name) for other in inside)})"
-    return str(axis.stride)
 
 
 def _layout(pattern: str, label: str, sizes: list[int], channels_last: bool, time_major: bool) -> list[int]:
@@ -553,14 +459,6 @@ def _memory_format(x: torch.Tensor) -> str:
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
         return "channels_last"
     return "strided"
-
-
-def _shown(name: str) -> str:
-    return f"...[{name[len(ELLIPSIS) :]}]" if name.startswith(ELLIPSIS) else name
-
-
-def _group(names: tuple[str, ...]) -> str:
-    return "(" + " ".join(names) + ")"
 
 
 def _sizes(names: tuple[str, ...], sizes: tuple[int, ...]) -> str:

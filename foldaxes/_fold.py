@@ -13,11 +13,11 @@ from ._cache import bounded_cache
 from ._call import Caller, check_callable
 from ._compiled import CompiledPattern
 from ._errors import fold_error, shown
-from ._execution import Execution
+from ._execution import Execution, checked_copy
 from ._pattern import ELLIPSIS
 from ._unfold import OutputRules, OutSpec
 
-__all__ = ["FoldSpec", "distribute", "fold", "unfold"]
+__all__ = ["FoldSpec", "distribute", "fold", "fold_by", "unfold"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,24 +62,29 @@ def _output_rules(
 
 
 @overload
-def fold(x: torch.Tensor, pattern: str, /, **axes_lengths: int) -> tuple[torch.Tensor, FoldSpec]: ...
+def fold(
+    x: torch.Tensor, pattern: str, /, *, copy: bool | None = None, **axes_lengths: int
+) -> tuple[torch.Tensor, FoldSpec]: ...
 @overload
 def fold(
-    x: Sequence[torch.Tensor], pattern: str, /, **axes_lengths: int
+    x: Sequence[torch.Tensor], pattern: str, /, *, copy: bool | None = None, **axes_lengths: int
 ) -> tuple[tuple[torch.Tensor, ...], FoldSpec]: ...
 def fold(
-    x: torch.Tensor | Sequence[torch.Tensor], pattern: str, /, **axes_lengths: int
+    x: torch.Tensor | Sequence[torch.Tensor], pattern: str, /, *, copy: bool | None = None, **axes_lengths: int
 ) -> tuple[torch.Tensor | tuple[torch.Tensor, ...], FoldSpec]:
     """Rearranges ``x`` by ``pattern`` and returns it with the spec that ``unfold`` needs.
 
-    The fold is a view whenever the strides allow one; otherwise it is exactly one copy.
+    The fold is a view whenever the strides allow one; otherwise it is exactly one copy, laid out as each frame of
+    ``x`` is (a channels_last copy of channels_last frames).
 
     Args:
         x: A tensor, or a sequence of tensors (one per operand of a multi-operand pattern, or all folded by a
             single-operand pattern).
         pattern: An einops pattern such as ``"b t c h w -> (b t) c h w"``.
+        copy: ``None`` copies only where the strides leave no view; ``False`` never copies and raises a
+            ``FoldError`` where a copy would be needed; ``True`` always returns a new tensor.
         **axes_lengths: Lengths of axes that cannot be read off the shape, as in einops. ``x`` and ``pattern``
-            are positional-only, so any axis name can be given a length.
+            are positional-only, so any axis name but ``copy`` can be given a length.
 
     Returns:
         The folded tensor (a tuple for a sequence), and a ``FoldSpec``.
@@ -97,8 +102,16 @@ def fold(
         >>> foldaxes.unfold(y, spec).shape
         torch.Size([2, 8, 4, 30, 30])
     """
+    return fold_by(x, pattern, axes_lengths, copy)
+
+
+def fold_by(
+    x: torch.Tensor | Sequence[torch.Tensor], pattern: str, axes_lengths: Mapping[str, int], copy: bool | None = None
+) -> tuple[torch.Tensor | tuple[torch.Tensor, ...], FoldSpec]:
+    """``fold`` with the lengths as a mapping, so that any axis may be given one (``copy`` included)."""
     lengths = tuple(sorted(axes_lengths.items()))
     compiled = _compiled(pattern, lengths)
+    copy = checked_copy(pattern, copy)
     single = isinstance(x, torch.Tensor)
     if not single and not (isinstance(x, Sequence) and all(isinstance(t, torch.Tensor) for t in x)):
         raise fold_error(
@@ -107,7 +120,7 @@ def fold(
             hint="Pass the tensor first and the pattern second: fold(x, pattern).",
         )
     tensors: tuple[Any, ...] = (x,) if single else tuple(x)
-    call = compiled.fold(tensors, {})
+    call = compiled.fold(tensors, {}, copy)
     axes = tuple("..." if axis == ELLIPSIS else axis for axis in compiled.group_axes or ())
     spec = FoldSpec(pattern=pattern, dim=call.dim, axes=axes, sizes=tuple(call.group_sizes), lengths=lengths)
     return (call.args[0] if single else call.args), spec
@@ -156,6 +169,7 @@ def distribute(
     fill_value: float = 0.0,
     allow_batch_statistics: bool = False,
     compute_repeats_once: bool = False,
+    copy: bool | None = None,
     **axes_lengths: int,
 ) -> Callable[[F], F]: ...
 @overload
@@ -171,6 +185,7 @@ def distribute(
     fill_value: float = 0.0,
     allow_batch_statistics: bool = False,
     compute_repeats_once: bool = False,
+    copy: bool | None = None,
     **axes_lengths: int,
 ) -> F: ...
 def distribute(
@@ -185,6 +200,7 @@ def distribute(
     fill_value: float = 0.0,
     allow_batch_statistics: bool = False,
     compute_repeats_once: bool = False,
+    copy: bool | None = None,
     **axes_lengths: int,
 ) -> Any:
     """Wraps a plain function so that its tensor arguments are folded and its results unfolded.
@@ -201,6 +217,7 @@ def distribute(
         fill_value: As for ``Distribute``.
         allow_batch_statistics: As for ``Distribute``.
         compute_repeats_once: As for ``Distribute``.
+        copy: As for ``Distribute``.
         **axes_lengths: As for ``Distribute``.
 
     The wrapped function takes ``fold_mask`` and ``fold_lengths`` as ``Distribute`` does.
@@ -225,7 +242,7 @@ def distribute(
         tensor([0., 0., 0., 0.])
     """
     execution = Execution.checked(
-        pattern, chunk_size, checkpoint, fill_value, allow_batch_statistics, compute_repeats_once
+        pattern, chunk_size, checkpoint, fill_value, allow_batch_statistics, compute_repeats_once, copy
     )
     caller = Caller(CompiledPattern(pattern, out=out, fold_kwargs=fold_kwargs, lengths=axes_lengths), execution)
     check_callable(fn, pattern)

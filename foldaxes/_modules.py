@@ -54,6 +54,11 @@ class Distribute(nn.Module):
             ``expand`` makes them) and expand its outputs back, instead of on every copy. Exact only for a module
             that computes each row from that row alone and draws no random numbers, so it is off by default; see
             ``docs/ragged.md`` for how it is guarded. Needs the default unfold.
+        copy: When the module gets copies of the tensor arguments, with the array API's meaning: ``None`` copies
+            only where the strides leave no view, ``False`` never copies (a fold that needs one raises a
+            ``FoldError`` that says which stride blocks the view), ``True`` always gives the module tensors of its
+            own, so that an in-place module leaves the caller's tensors alone. A copy is laid out as each frame
+            is: channels_last frames give a channels_last batch.
         **axes_lengths: Lengths of axes that cannot be read off the shapes, as in einops. ``pattern`` and
             ``module`` are positional-only, so any axis name (the keywords above aside) can be given.
 
@@ -107,6 +112,7 @@ class Distribute(nn.Module):
         fill_value: float = 0.0,
         allow_batch_statistics: bool = False,
         compute_repeats_once: bool = False,
+        copy: bool | None = None,
         **axes_lengths: int,
     ) -> None:
         """Wraps ``module``, or makes a factory for one when it is left out; the class docstring has the arguments.
@@ -116,7 +122,7 @@ class Distribute(nn.Module):
         """
         super().__init__()
         execution = Execution.checked(
-            pattern, chunk_size, checkpoint, fill_value, allow_batch_statistics, compute_repeats_once
+            pattern, chunk_size, checkpoint, fill_value, allow_batch_statistics, compute_repeats_once, copy
         )
         compiled = CompiledPattern(pattern, out=out, fold_kwargs=fold_kwargs, lengths=axes_lengths)
         self._caller = Caller(compiled, execution)
@@ -160,6 +166,7 @@ class Distribute(nn.Module):
             fill_value=execution.fill_value,
             allow_batch_statistics=execution.allow_batch_statistics,
             compute_repeats_once=execution.compute_repeats_once,
+            copy=execution.copy,
             **self._lengths,
         )
 
@@ -176,7 +183,14 @@ class Distribute(nn.Module):
         execution, defaults = self._caller.execution, Execution()
         parts += [
             f"{key}={getattr(execution, key)!r}"
-            for key in ("chunk_size", "checkpoint", "fill_value", "allow_batch_statistics", "compute_repeats_once")
+            for key in (
+                "chunk_size",
+                "checkpoint",
+                "fill_value",
+                "allow_batch_statistics",
+                "compute_repeats_once",
+                "copy",
+            )
             if getattr(execution, key) != getattr(defaults, key)
         ]
         if self.module is None:
@@ -207,6 +221,7 @@ class TimeDistributed(Distribute):
         fill_value: As for ``Distribute``.
         allow_batch_statistics: As for ``Distribute``.
         compute_repeats_once: As for ``Distribute``.
+        copy: As for ``Distribute``.
 
     Calls take ``fold_mask`` and ``fold_lengths`` as ``Distribute`` does. ``fold_mask`` has the input's first two
     sizes, ``(B, T)`` or ``(T, B)``; ``fold_lengths`` has one length per sample (batch element) in either order,
@@ -236,6 +251,7 @@ class TimeDistributed(Distribute):
         fill_value: float = 0.0,
         allow_batch_statistics: bool = False,
         compute_repeats_once: bool = False,
+        copy: bool | None = None,
     ) -> None:
         """Wraps ``module`` to apply it at every time step; the class docstring has the arguments.
 
@@ -265,6 +281,7 @@ class TimeDistributed(Distribute):
             fill_value=fill_value,
             allow_batch_statistics=allow_batch_statistics,
             compute_repeats_once=compute_repeats_once,
+            copy=copy,
         )
         self.batch_first = bool(batch_first)
         # fold_lengths has one length per sample: the folded group's second axis when it is (t b).

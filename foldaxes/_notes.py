@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ._compiled import CompiledPattern
+from ._compiled import CompiledPattern, keyword_pattern
 from ._errors import FoldError, format_shape
 
 __all__ = ["add_fold_note"]
@@ -76,7 +76,7 @@ def _advice(name: str, x: torch.Tensor, pattern: CompiledPattern, group_sizes: S
     if not sizes or tuple(x.shape[: len(sizes)]) != sizes:
         return ""
     advice = f"; its leading sizes {format_shape(sizes)} are those of the folded axes {pattern.group_text}"
-    suggested = pattern.keyword_pattern()
+    suggested = keyword_pattern(pattern.group_axes)
     if suggested is None:
         return advice + ", so a fold_kwargs entry for it would fold it too"
     return advice + f", so fold_kwargs={{{name!r}: {suggested!r}}} would fold it too"

@@ -15,7 +15,7 @@ from einops.parsing import ParsedExpression
 from ._cache import bounded_cache
 from ._errors import FoldError, fold_error
 
-__all__ = ["ELLIPSIS", "Composition", "Operand", "Pattern", "parse_pattern", "parse_rule"]
+__all__ = ["ELLIPSIS", "Composition", "Operand", "Pattern", "element_text", "parse_pattern", "parse_rule"]
 
 ELLIPSIS = "…"
 """How einops' parser spells ``...`` inside a composition."""
@@ -224,3 +224,11 @@ def _token_spans(text: str) -> dict[tuple[int, str, str], tuple[int, int]]:
         name = ELLIPSIS if match.group() == "..." else match.group()
         spans.setdefault((operand, side, name), (start, match.end()))
     return spans
+
+
+def element_text(element: tuple[str, ...] | str) -> str:
+    """One element of a composition as a pattern writes it: a name, ``...``, or a parenthesised group."""
+    if isinstance(element, str):
+        return "..."
+    names = ["..." if name == ELLIPSIS else name for name in element]
+    return names[0] if len(names) == 1 else "(" + " ".join(names) + ")"

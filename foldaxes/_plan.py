@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 
 from ._errors import FoldError, fold_error
-from ._pattern import ELLIPSIS, Composition, Operand
+from ._pattern import ELLIPSIS, Composition, Operand, element_text
 
-__all__ = ["MAX_RANKS", "Plan", "Rule", "SizeMismatch", "product"]
+__all__ = ["MAX_RANKS", "NoView", "Plan", "Rule", "SizeMismatch", "mergeable", "product"]
 
 MAX_RANKS = 64
 """How many ranks a per-rank cache holds before it is emptied: a bound on memory, not on the ranks allowed."""
@@ -27,6 +27,34 @@ def product(sizes: Iterable[int]) -> int:
     for size in sizes:
         total *= size
     return total
+
+
+def mergeable(sizes: Sequence[int], strides: Sequence[int], start: int, end: int) -> bool:
+    """Whether dims ``start`` to ``end`` of a tensor of these sizes and strides merge into one by a view.
+
+    torch's rule, as ``flatten`` applies it: each dim's stride must be the next dim's size times its stride, dims
+    of size 1 having no say; an empty tensor merges any dims.
+    """
+    expected = -1
+    for dim in range(end, start - 1, -1):
+        size = sizes[dim]
+        if size == 0:
+            return True
+        if size == 1:
+            continue
+        if expected >= 0 and strides[dim] != expected:
+            return False
+        expected = strides[dim] * size
+    return True
+
+
+class NoView(Exception):
+    """Internal: merging dims ``start`` to ``end`` needs a copy, which ``copy=False`` forbids."""
+
+    def __init__(self, start: int, end: int) -> None:
+        super().__init__(start, end)
+        self.start = start
+        self.end = end
 
 
 class SizeMismatch(Exception):
@@ -68,11 +96,17 @@ class Plan:
     group_dim: int | None
     flatten_only: tuple[int, int] | None
 
-    def apply(self, x: torch.Tensor, lengths: Mapping[str, int]) -> tuple[torch.Tensor, torch.Size | None, torch.Size]:
+    def apply(
+        self, x: torch.Tensor, lengths: Mapping[str, int], copy: bool | None = None
+    ) -> tuple[torch.Tensor, torch.Size | None, torch.Size]:
         """Rearranges ``x``; returns it with the folded group's sizes and the sizes of the elementary axes.
+
+        ``copy`` has the array API's meaning: ``None`` copies only where the strides leave no view, ``False``
+        never copies, ``True`` always does. A copy is laid out as each frame of ``x`` is (see ``frame_format``).
 
         Raises:
             SizeMismatch: a size of ``x`` disagrees with ``lengths`` or cannot be split.
+            NoView: ``copy`` is ``False``, and merging the axes needs a copy.
         """
         shape = x.shape
         for dim, name in self.equal_checks:
@@ -98,11 +132,53 @@ class Plan:
         if self.permutation is not None:
             x = x.permute(self.permutation)
         group_sizes = None if self.group is None else x.shape[self.group[0] : self.group[1]]
-        for start, end in self.merges:
-            x = x.flatten(start, end)
+        if copy or (copy is None and not self.viewable(x)):
+            x = self._copied(x)
+        else:
+            for start, end in self.merges:
+                if copy is False and not mergeable(x.shape, x.stride(), start, end):
+                    raise NoView(start, end)
+                x = x.flatten(start, end)
         for dim in self.unsqueezes:
             x = x.unsqueeze(dim)
         return x, group_sizes, elementary
+
+    def viewable(self, x: torch.Tensor) -> bool:
+        """Whether the merges make views of ``x``, the tensor after the splits and the permute."""
+        if not self.merges or x.is_contiguous():
+            return True
+        sizes, strides = x.shape, x.stride()
+        return all(mergeable(sizes, strides, start, end) for start, end in self.merges)
+
+    def _copied(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with its merges made, as one new tensor laid out as its frames are (see ``frame_format``)."""
+        shape = list(x.shape)
+        for start, end in self.merges:
+            shape[start : end + 1] = [product(shape[start : end + 1])]
+        merged = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=self.frame_format(x))
+        parts = merged
+        for start, end in reversed(self.merges):  # increasing order: each split leaves the dims before it alone
+            parts = torch.unflatten(parts, start, x.shape[start : end + 1])
+        parts.copy_(x)
+        return merged
+
+    def frame_format(self, x: torch.Tensor) -> torch.memory_format:
+        """The layout of a copy of ``x`` (after the splits and the permute): that of each of its frames.
+
+        The frames are what the folded group leaves of each row. When the group is merged at dim 0 of a 4-D (5-D)
+        result and every frame is stored channels_last, the copy is ``channels_last`` (``channels_last_3d``), as a
+        batch of such frames would be; otherwise it is contiguous.
+        """
+        if self.group is None or self.unsqueezes or self.merges != ((0, self.group[1] - 1),):
+            return torch.contiguous_format
+        merged_rank = x.ndim - self.group[1] + 1
+        candidate = {4: torch.channels_last, 5: torch.channels_last_3d}.get(merged_rank)
+        if candidate is None or 0 in x.shape[: self.group[1]]:
+            return torch.contiguous_format
+        frame = x[(0,) * self.group[1]].unsqueeze(0)
+        if frame.is_contiguous() or not frame.is_contiguous(memory_format=candidate):
+            return torch.contiguous_format
+        return candidate
 
     @property
     def group_positions(self) -> tuple[int, ...]:
@@ -211,7 +287,7 @@ class Rule:
         )
 
     def _rank_error(self, expected: str, ndim: int, label: str, shape: tuple[int, ...]) -> FoldError:
-        lhs = " ".join(_element_text(element) for element in self.operand.lhs)
+        lhs = " ".join(element_text(element) for element in self.operand.lhs)
         return fold_error(
             f"{label} has {ndim} dims, but '{lhs}' expects {expected}.",
             pattern=self.pattern,
@@ -237,10 +313,3 @@ def _expanded_index(composition: Composition, index: int | None, ellipsis_ndim: 
         return None
     before = composition[:index]
     return index + (ellipsis_ndim - 1 if ELLIPSIS in before else 0)
-
-
-def _element_text(element: tuple[str, ...] | str) -> str:
-    if isinstance(element, str):
-        return "..."
-    names = ["..." if name == ELLIPSIS else name for name in element]
-    return names[0] if len(names) == 1 else "(" + " ".join(names) + ")"

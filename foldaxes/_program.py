@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ._plan import Plan, Rule, SizeMismatch, product
+from ._plan import NoView, Plan, Rule, SizeMismatch, mergeable, product
 from ._records import FoldedCall, Key
 from ._unfold import OutputRules, bind_group, conform
 
@@ -52,6 +52,7 @@ class InputProgram(NamedTuple):
         group: The positions of the folded group's axes among the carrier's elementary sizes, as a slice when
             they are in order.
         call: The recorded call, whose dim, row slots and other group every matching call shares.
+        copy: The ``copy`` it was folded with.
     """
 
     nargs: int
@@ -62,6 +63,7 @@ class InputProgram(NamedTuple):
     carrier: int
     group: slice | tuple[int, ...]
     call: FoldedCall
+    copy: bool | None
 
     def fold(self, args: Sequence[Any], kwargs: Mapping[str, Any], lengths: Mapping[str, int]) -> FoldedCall | None:
         """The folded call, as ``CompiledPattern.fold`` would make it; ``None`` when the call has another structure."""
@@ -80,13 +82,13 @@ class InputProgram(NamedTuple):
             x = args[key] if isinstance(key, int) else kwargs.get(key)
             if not isinstance(x, torch.Tensor) or x.layout is not _STRIDED or x.is_nested or x.ndim != ndim:
                 return None
-            if span is not None:
+            if span is not None and (x.is_contiguous() or mergeable(x.shape, x.stride(), *span)):
                 elementary.append(x.shape)
                 folded = x.flatten(*span)
             else:
                 try:
-                    folded, _, sizes = plan.apply(x, lengths)
-                except SizeMismatch:
+                    folded, _, sizes = plan.apply(x, lengths, self.copy)
+                except (SizeMismatch, NoView):
                     return None
                 elementary.append(sizes)
             if isinstance(key, int):

@@ -67,10 +67,11 @@ def call_jagged(
     layout = _shared_layout(arguments)
     call_args, call_kwargs = list(args), dict(kwargs)
     for key, _, _, x in arguments:
+        values = x.values().clone() if execution.copy else x.values()  # the packed frames: a view, or its own
         if isinstance(key, int):
-            call_args[key] = x.values()
+            call_args[key] = values
         else:
-            call_kwargs[key] = x.values()
+            call_kwargs[key] = values
     count = (call_args[layout.key] if isinstance(layout.key, int) else call_kwargs[layout.key]).shape[0]
     why = why_partial(execution, masked=False)  # one call sees all the real frames: the meaning jagged input has
     if why is not None:

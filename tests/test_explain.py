@@ -246,7 +246,8 @@ def test_report_text() -> None:
         "fold",
         "unfold",
     ]
-    assert "one copy." in text
+    assert "one copy, laid out contiguous." in text
+    assert "Distribute('b t c h w -> (t b) c h w', module, out='(t b) ... -> b t ...')" in text  # never split
     assert "(2, 8, 3, 224, 224)" in text and "(16, 3, 224, 224)" in text
     assert "(b t)" in text  # a group is never split across lines
     assert all(len(line) <= 100 for line in text.splitlines())
@@ -266,8 +267,15 @@ def test_an_axis_may_be_named_like_a_keyword() -> None:
     [
         pytest.param([], "a view.", "(1204224, 150528, 50176, 224, 1)", id="contiguous"),
         pytest.param(["--channels-last"], "a view.", "(1204224, 150528, 1, 672, 3)", id="channels-last"),
-        pytest.param(["--time-major"], "one copy.", "(150528, 301056, 50176, 224, 1)", id="time-major"),
-        pytest.param(["--time-major", "--channels-last"], "one copy.", "(150528, 301056, 1, 672, 3)", id="both-flags"),
+        pytest.param(
+            ["--time-major"], "one copy, laid out contiguous.", "(150528, 301056, 50176, 224, 1)", id="time-major"
+        ),
+        pytest.param(
+            ["--time-major", "--channels-last"],
+            "one copy, laid out channels_last, as each frame is.",
+            "(150528, 301056, 1, 672, 3)",
+            id="both-flags",
+        ),
         pytest.param(["--strides", "1204224,150528,50176,224,1"], "a view.", "(1204224, 150528", id="strides"),
     ],
 )
