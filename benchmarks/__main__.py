@@ -1,9 +1,9 @@
 """``python -m benchmarks``: foldaxes beside every other way of folding (batch, time), in one process.
 
-Runs the eager workloads A to F, the compiled workload G, the construction workload H, the general call path
-I to L (several tensors, nested outputs, out=) and the ragged-input workload R, prints a table per workload and
-the targets with PASS or FAIL, prints the summary tables last, and writes the same to docs/benchmarks.md with a
-bar chart of A to F (docs/benchmarks.png, when matplotlib is installed).
+Runs the eager workloads A to F, D2 and E2, the compiled workload G, the construction workload H, the general
+call path I to L (several tensors, nested outputs, out=) and the ragged-input workload R, prints a table per
+workload and the targets with PASS or FAIL, prints the summary tables last, and writes the same to
+docs/benchmarks.md with a bar chart of the eager workloads (docs/benchmarks.png, when matplotlib is installed).
 Nothing here decides CI: the exit status is 0 unless ``--check`` is given and a target fails.
 """
 
@@ -131,11 +131,17 @@ def _page(
         "fold `m(x.flatten(0, 1)).unflatten(0, x.shape[:2])`: the median over rounds of the column's time divided",
         "by the hand-written fold's time in the same round. Rounds are many and short (as many as fit in a time",
         "budget per workload), so that the columns of a round see the same machine; where one call takes over",
-        "a millisecond (workloads B to F), the hand-written fold is timed again right before every other column,",
-        "and each ratio uses that neighbouring timing. *Spread* is the interquartile range of a column's rounds",
-        "over their median.",
+        "a millisecond (workloads B to F, D2, E2-Conv), the hand-written fold is timed again right before every",
+        "other column, and each ratio uses that neighbouring timing, as does a ratio between two other columns.",
+        "*Spread* is the interquartile range of a column's rounds over their median.",
         "*Copied in / out* counts the bytes written by `aten::copy_` and `aten::cat` outside the module call, before",
         "and after it; *peak memory* is the most bytes held at once during one call (CPU profiler memory events).",
+        "",
+        "D2 and E2 fold a (B, T) view of time-major storage (`buffer.unflatten(0, (T, B)).transpose(0, 1)`) as",
+        "`(b t)`, which needs a copy: the hand-written fold and Distribute copy once, Distribute laying the copy",
+        "out as each frame is (D2's channels_last frames give the module a channels_last batch). The *(t b)",
+        "recipe* folds in storage order instead, a view in and a permuted view out:",
+        "`Distribute('b t ... -> (t b) ...', m, out='(t b) ... -> b t ...')`.",
         "",
         f"This page is written by {mode}; run it to measure your own machine.",
         "",

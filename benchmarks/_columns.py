@@ -23,6 +23,8 @@ import foldaxes
 HAND_WRITTEN = "hand-written"
 THINNEST = "thinnest module"
 FOLDAXES = ("Distribute", "TimeDistributed")
+CLASSIC, EINOPS = "classic recipe", "einops rearrange"
+TB_RECIPE = "(t b) recipe"
 KERAS, KERAS_FOLDED = "Keras TimeDistributed", "Keras pre-folded layer"
 
 Call = Callable[[torch.Tensor], Any]
@@ -30,10 +32,12 @@ Call = Callable[[torch.Tensor], Any]
 
 @dataclass(frozen=True)
 class Folds:
-    """What a column needs to know about a workload: its pattern and whether time comes first."""
+    """What a column needs to know about a workload: its pattern, whether time comes first, and whether the input
+    is a (b, t) view of time-major storage (which adds the (t b) recipe's column)."""
 
     pattern: str
     time_major: bool = False
+    time_major_storage: bool = False
 
 
 class Thinnest(nn.Module):
@@ -80,11 +84,15 @@ def torch_columns(module: Callable[..., Any], folds: Folds) -> dict[str, Call]:
         THINNEST: Thinnest(module),
         "Distribute": foldaxes.Distribute(folds.pattern, module),
         "TimeDistributed": foldaxes.TimeDistributed(module, batch_first=not folds.time_major),
-        "classic recipe": ClassicRecipe(module),
-        "einops rearrange": einops_rearrange,
+        CLASSIC: ClassicRecipe(module),
+        EINOPS: einops_rearrange,
         "einops pack/unpack": einops_pack,
         "torch.func.vmap": torch.func.vmap(torch.func.vmap(module)),
     }
+    if folds.time_major_storage:
+        # Folding in storage order makes the fold a view; out= puts (b t) back first as a permuted view.
+        tb_pattern = folds.pattern.replace("(b t)", "(t b)")
+        columns[TB_RECIPE] = foldaxes.Distribute(tb_pattern, module, out="(t b) ... -> b t ...")
     fastai = fastai_time_distributed()
     if fastai is not None:
         columns["fastai TimeDistributed"] = fastai(module)

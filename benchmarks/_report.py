@@ -67,8 +67,8 @@ def details(result: Result) -> list[str]:
     lines = [
         f"**{result.workload.key}**: {result.workload.title}",
         "",
-        header + (" channels_last kept |" if layout else ""),
-        "|---" * (6 + layout) + "|",
+        header + (" module's channels_last in / out | channels_last kept |" if layout else ""),
+        "|---" * (6 + 2 * layout) + "|",
     ]
     for column, rounds in result.rounds.items():
         footprint = result.footprints.get(column)
@@ -77,7 +77,8 @@ def details(result: Result) -> list[str]:
         ratio = result.ratio(column)
         row = f"| {column} | {rounds.median * scale:.1f} | {ratio:.2f} | {rounds.spread:.0%} | {copied} | {peak} |"
         if layout:
-            row += " yes |" if result.channels_last.get(column) else " no |"
+            given, returned = result.module_channels_last.get(column, (False, False))
+            row += f" {_yes(given)} / {_yes(returned)} | {_yes(result.channels_last.get(column, False))} |"
         lines.append(row)
     return lines
 
@@ -176,6 +177,10 @@ def construction_details(result: ConstructionResult) -> list[str]:
 
 def target_lines(checks: Sequence[Check]) -> list[str]:
     return ["| target | result |", "|---|---|"] + [f"| {name} | {'PASS' if ok else 'FAIL'} |" for name, ok in checks]
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
 
 
 def _bytes(count: int) -> str:

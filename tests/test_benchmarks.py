@@ -14,10 +14,10 @@ from torch import nn
 
 import foldaxes
 from benchmarks import __main__ as benchmarks_main
-from benchmarks import _general, gpu_check
-from benchmarks._columns import ClassicRecipe, Folds, torch_columns
+from benchmarks import _general, _workloads, gpu_check
+from benchmarks._columns import CLASSIC, EINOPS, HAND_WRITTEN, TB_RECIPE, ClassicRecipe, Folds, torch_columns
 from benchmarks._compiled import compile_count, functional_graph_ops
-from benchmarks._harness import Marked, Rounds, footprint, interleaved
+from benchmarks._harness import Footprint, Marked, Rounds, footprint, interleaved
 
 FLOAT_BYTES = 4
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -108,6 +108,72 @@ class TestColumns:
             torch.testing.assert_close(column(x), expected, rtol=1e-12, atol=1e-12, msg=name)
 
 
+# D2 and E2 at a small scale: each input is a (B, T) view of time-major storage.
+TIME_MAJOR = {workload.key: workload for workload in _workloads.workloads(scale=8) if workload.key[:2] in ("D2", "E2")}
+
+
+class TestTimeMajorStorage:
+    @pytest.mark.parametrize("workload", TIME_MAJOR.values(), ids=TIME_MAJOR.keys())
+    def test_every_column_computes_what_the_hand_written_fold_does(self, workload: _workloads.Workload) -> None:
+        torch.manual_seed(0)
+        x, module = workload.make_input().double(), workload.make_module().double()
+        assert x.stride(1) == x.shape[0] * x.stride(0)  # time-major: one step in t skips the whole batch
+        columns = _workloads.torch_columns(module, workload)
+        assert list(columns) == list(workload.columns or ())
+        with torch.no_grad():
+            expected = module(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+            for name, column in columns.items():
+                torch.testing.assert_close(column(x), expected, rtol=1e-12, atol=1e-12, msg=f"{workload.key}: {name}")
+
+    @pytest.mark.parametrize("key", ["E2-Conv", "E2-Linear"])
+    def test_the_t_b_recipe_copies_nothing_where_the_hand_written_fold_copies_the_input(self, key: str) -> None:
+        workload = TIME_MAJOR[key]
+        x = workload.make_input()
+        columns = _workloads.torch_columns(Marked(workload.make_module()), workload)
+        with torch.no_grad():
+            _, recipe = footprint(lambda: columns[TB_RECIPE](x))
+            _, by_hand = footprint(lambda: columns[HAND_WRITTEN](x))
+        assert (recipe.copied_in, recipe.copied_out) == (0, 0)
+        assert (by_hand.copied_in, by_hand.copied_out) == (x.numel() * FLOAT_BYTES, 0)
+
+    def test_d2_distribute_gives_the_module_channels_last_and_keeps_it(self) -> None:
+        workload = TIME_MAJOR["D2"]
+        x = workload.make_input()
+        watched = _workloads.Watched(workload.make_module())
+        columns = _workloads.torch_columns(watched, workload)
+        with torch.no_grad():
+            y = columns["Distribute"](x)
+            given_by_distribute = watched.seen
+            columns[HAND_WRITTEN](x)
+            given_by_hand = watched.seen
+        assert given_by_distribute == (True, True)
+        assert y.stride(2) == 1  # channels innermost in the unfolded output too
+        assert given_by_hand[0] is False  # flatten's copy is contiguous: the watch tells the two apart
+
+    @pytest.mark.parametrize(
+        ("distribute", "given", "verdicts"),
+        [
+            pytest.param((0.9, 1.0, 1.1), (True, True), (True, True), id="as-fast-as-einops"),
+            pytest.param((0.9, 1.01, 1.1), (True, True), (False, True), id="slower-than-einops"),
+            pytest.param((0.9, 1.0, 1.1), (False, True), (True, False), id="given-a-contiguous-batch"),
+        ],
+    )
+    def test_d2_targets(
+        self, distribute: tuple[float, ...], given: tuple[bool, bool], verdicts: tuple[bool, bool]
+    ) -> None:
+        workload = TIME_MAJOR["D2"]
+        same = Rounds((1.0, 1.0, 1.0))
+        result = _workloads.Result(
+            workload,
+            {HAND_WRITTEN: same, "Distribute": Rounds(distribute), CLASSIC: same, EINOPS: same},
+            {"Distribute": Footprint(1, 0, 1)},
+            {"Distribute": True},
+            {"Distribute": given},
+        )
+        names = ("D2: Distribute <= 1.00x einops rearrange", "D2: Distribute keeps channels_last")
+        assert _workloads.targets(result) == list(zip(names, verdicts, strict=True))
+
+
 class TestCompiled:
     def test_the_classic_recipe_clones_a_strided_input_and_distribute_does_not(self) -> None:
         conv = nn.Conv2d(3, 4, 3)
@@ -195,6 +261,21 @@ class TestEndToEnd:
         assert "| A-Linear: Distribute <= 1.05x thinnest module |" in printed
         assert "| B: Distribute copies 0 bytes | PASS |" in printed
         assert "| column | A-Linear | B |" in printed
+
+    @pytest.mark.slow  # three small workloads, about 3 s
+    def test_the_time_major_workloads_print_their_tables_and_targets(self, capsys: pytest.CaptureFixture[str]) -> None:
+        argv = ["--only", "E2,D2", "--scale", "8", "--rounds", "2", "--seconds", "0.001", "--no-write", "--no-keras"]
+        assert benchmarks_main.main(argv) == 0
+        printed = capsys.readouterr().out
+        assert "**B**" not in printed and "**D**" not in printed and "**E**" not in printed
+        assert "| column | D2 | E2-Conv | E2-Linear |" in printed
+        assert "| module's channels_last in / out | channels_last kept |" in printed
+        assert "| (t b) recipe | n/a |" in printed
+        assert "| E2-Conv: (t b) recipe <= 0.92x Distribute |" in printed
+        assert "| D2: Distribute <= 1.00x einops rearrange |" in printed
+        for key in ("E2-Conv", "E2-Linear"):
+            assert f"| {key}: (t b) recipe copies 0 bytes | PASS |" in printed
+        assert "| D2: Distribute keeps channels_last | PASS |" in printed
 
     @pytest.mark.slow  # compiles an LSTM twice, about 3 s
     def test_a_general_workload_prints_its_table_targets_and_summary(self, capsys: pytest.CaptureFixture[str]) -> None:
