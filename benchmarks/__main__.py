@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import _compiled, _construction, _general, _ragged, _report, _workloads
+from . import _arrays, _compiled, _construction, _general, _ragged, _report, _workloads
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 GPU_SECTION = """## On a GPU
@@ -88,6 +88,11 @@ def _run(args: argparse.Namespace) -> int:
         general.append(outcome)
         sections += [*_report.general_details(outcome), ""]
         checks += _general.targets(outcome)
+    if wanted("N"):
+        _progress("N: NumPy, a fold and unfold round trip", started)
+        array_lines, array_checks = _arrays.run(rounds, seconds, budget)
+        sections += array_lines
+        checks += array_checks
     if wanted("R"):
         _progress("R: ragged, padded, long and repeated inputs", started)
         ragged_lines, ragged_checks = _ragged.run(args.quick)

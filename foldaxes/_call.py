@@ -2,11 +2,13 @@
 
 ``Caller.call`` lists the ways in order, each chosen by a condition written where it is chosen:
 
-1. fast: one dense tensor whose fold is a single ``flatten``, and the default unfold;
-2. jagged: nested tensors with ``layout=torch.jagged``, run on their packed frames (``_ragged.py``);
-3. repeated: with ``compute_repeats_once``, rows repeated along a folded axis run once (``_expanded.py``);
-4. plain: every other call, folded by ``CompiledPattern.fold`` and run once on every row;
-5. rows: chunks, checkpointing, or only the valid rows of ``fold_mask`` / ``fold_lengths`` (``_chunks.py``).
+1. fast: one dense tensor whose fold is a single ``flatten`` view, and the default unfold;
+2. recorded: a call of a structure seen before, folded by the program its first call recorded (``_program.py``);
+3. jagged: nested tensors with ``layout=torch.jagged``, run on their packed frames (``_ragged.py``);
+4. arrays: NumPy and other array API arrays, with the functional API (``_arrays.py``);
+5. repeated: with ``compute_repeats_once``, rows repeated along a folded axis run once (``_expanded.py``);
+6. plain: every other call, folded by ``CompiledPattern.fold`` and run once on every row;
+7. rows: chunks, checkpointing, or only the valid rows of ``fold_mask`` / ``fold_lengths`` (``_chunks.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ._arrays import library_of, refuse_torch_features
 from ._chunks import call_rows
 from ._compiled import CompiledPattern, is_jagged
 from ._errors import fold_error
@@ -47,14 +50,17 @@ class Caller:
     Args:
         pattern: The compiled pattern.
         execution: How to run the module over the folded rows.
+        arrays: Whether arrays of other libraries (NumPy, JAX...) are folded too, as the functional API does;
+            ``Distribute`` folds torch tensors only.
 
     Raises:
         FoldError: ``chunk_size`` or ``compute_repeats_once`` is set where they need the default unfold.
     """
 
-    def __init__(self, pattern: CompiledPattern, execution: Execution) -> None:
+    def __init__(self, pattern: CompiledPattern, execution: Execution, arrays: bool = False) -> None:
         self.pattern = pattern
         self.execution = execution
+        self.arrays = arrays
         if execution.chunk_size is not None:
             _require_default_unfold(
                 pattern, "chunk_size", "the outputs of the chunks are put together at the folded dim of each output."
@@ -127,21 +133,27 @@ class Caller:
                     "the valid rows are gathered from the folded group and scattered back at the folded dim of each "
                     "output.",
                 )
-            # 4. Repeated: with compute_repeats_once, rows repeated along a folded axis (stride 0) run once. Dynamo
+            # 4. Arrays: with the functional API, NumPy and other array API arrays fold through their own namespace.
+            xp = library_of(args, kwargs, tuple(pattern.kwarg_rules), pattern.text) if self.arrays else None
+            if xp is not None:
+                refuse_torch_features(selection, execution, pattern.text)
+                call = pattern.fold(args, kwargs, execution.copy, xp)
+            # 5. Repeated: with compute_repeats_once, rows repeated along a folded axis (stride 0) run once. Dynamo
             # cannot trace the check for random draws, so compiled code computes every copy.
-            elif execution.compute_repeats_once and not torch.compiler.is_compiling():
-                repeats = find_repeats(fn, pattern.tensor_arguments(args, kwargs), pattern.group_axes, pattern.lengths)
-            if repeats is not None:
+            elif selection is None and execution.compute_repeats_once and not torch.compiler.is_compiling():
+                arguments = pattern.tensor_arguments(args, kwargs)
+                repeats = find_repeats(fn, arguments, pattern.group_axes, pattern.lengths)
+            if call is None and repeats is not None:
                 call = pattern.fold(*repeats.narrowed(args, kwargs), execution.copy)
-            else:
+            elif call is None:
                 call = pattern.fold(args, kwargs, execution.copy)
                 if kwargs is given:  # no fold_mask or fold_lengths, not even None: the program passes every keyword
                     self._record(args, kwargs, structure, call)
         try:
-            # 5. Plain: one call on every row.
+            # 6. Plain: one call on every row.
             if execution.plain and selection is None:
                 result = fn(*call.args, **call.kwargs)
-            # 6. Rows: in chunks, checkpointed, or on the valid rows only.
+            # 7. Rows: in chunks, checkpointed, or on the valid rows only.
             else:
                 result = call_rows(fn, call, execution, selection, pattern.text, pattern.group_text)
         except Exception as error:

@@ -11,9 +11,10 @@ from typing import Any
 
 import torch
 
+from ._arrays import apply_plan, element_strides, meta_like, namespace
 from ._errors import fold_error, positive_int, shown
 from ._pattern import ELLIPSIS, parse_pattern, parse_rule
-from ._plan import NoView, Rule, SizeMismatch
+from ._plan import NoView, Plan, Rule, SizeMismatch
 from ._program import InputProgram, ProgramInput, as_slice, merged_checks
 from ._records import FoldedCall, Key, TensorArgument
 from ._strides import copy_refused
@@ -86,14 +87,14 @@ class CompiledPattern:
         """Whether the pattern has one operand, which applies to every positional tensor argument."""
         return len(self.rules) == 1
 
-    def tensor_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[TensorArgument]:
+    def tensor_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any], xp: Any = None) -> list[TensorArgument]:
         """Every tensor argument that the pattern folds, positional ones first, in the order they are folded.
 
         Raises:
             FoldError: the tensor arguments do not fit the pattern's operands, or a keyword named in
                 ``fold_kwargs`` is not a tensor.
         """
-        positions = self._positions(args, kwargs)
+        positions = self._positions(args, kwargs, xp)
         found = [
             TensorArgument(position, f"argument {position}", self.rules[0 if self.single else operand], args[position])
             for operand, position in enumerate(positions)
@@ -102,15 +103,18 @@ class CompiledPattern:
             value = kwargs.get(name)
             if value is not None:
                 found.append(
-                    TensorArgument(name, f"keyword argument '{name}'", rule, self._keyword_tensor(name, value))
+                    TensorArgument(name, f"keyword argument '{name}'", rule, self._keyword_tensor(name, value, xp))
                 )
         return found
 
-    def fold(self, args: Sequence[Any], kwargs: Mapping[str, Any], copy: bool | None = None) -> FoldedCall:
+    def fold(
+        self, args: Sequence[Any], kwargs: Mapping[str, Any], copy: bool | None = None, xp: Any = None
+    ) -> FoldedCall:
         """Folds every tensor argument of a call, checking that they fit the pattern and agree on their sizes.
 
         ``copy`` is as for ``Plan.apply``: ``None`` copies only where no view exists, ``True`` always copies,
-        ``False`` never does.
+        ``False`` never does. With ``xp``, an array API namespace, the call's arrays of that library are folded
+        instead of its torch tensors.
 
         Raises:
             FoldError: the arguments do not fit the pattern, disagree with each other, or need a copy that
@@ -124,9 +128,9 @@ class CompiledPattern:
         slots: list[tuple[Key, int]] = []
         other: tuple[str, Rule] | None = None
         carried = False
-        for key, label, rule, x in self.tensor_arguments(args, kwargs):
+        for key, label, rule, x in self.tensor_arguments(args, kwargs, xp):
             compared = self._compared_for(key, rule)
-            folded, group_sizes, group_dim = self._fold_one(rule, compared, x, label, seen, copy)
+            folded, group_sizes, group_dim = self._fold_one(rule, compared, x, label, seen, copy, xp)
             if isinstance(key, str):
                 folded_kwargs[key] = folded
             else:
@@ -193,9 +197,9 @@ class CompiledPattern:
         """
         return isinstance(key, str) or self.single or rule.operand.index == self._group_operand
 
-    def _positions(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[int]:
+    def _positions(self, args: Sequence[Any], kwargs: Mapping[str, Any], xp: Any) -> list[int]:
         """The positions of the tensor arguments, once their number is checked against the operands."""
-        positions = [i for i, arg in enumerate(args) if isinstance(arg, torch.Tensor)]
+        positions = [i for i, arg in enumerate(args) if _is_operand(arg, xp)]
         if self.single:
             if positions or any(
                 kwargs.get(name) is not None and rule.operand.group_axes == self.group_axes
@@ -204,35 +208,20 @@ class CompiledPattern:
                 return positions
         elif len(positions) == len(self.rules):
             return positions
-        raise _count_error(self, args, kwargs, positions)
+        raise _count_error(self, args, kwargs, positions, xp)
 
     def _fold_one(
         self,
         rule: Rule,
         compared: tuple[frozenset[str], bool],
-        x: torch.Tensor,
+        x: Any,
         label: str,
         seen: dict[str, tuple[object, str, torch.Size]],
         copy: bool | None,
-    ) -> tuple[torch.Tensor, Sequence[int], int | None]:
-        nested, layout = x.is_nested, x.layout  # each a costly lookup on a nested tensor: read once
-        if nested or layout != torch.strided:
-            raise _layout_error(label, rule.pattern, nested, layout)
-        plan = rule.plan(x, label)
-        try:
-            folded, group_sizes, elementary = plan.apply(x, self.lengths, copy)
-        except NoView:
-            raise copy_refused(label, rule.pattern, rule.operand, plan, x, self.lengths) from None
-        except SizeMismatch as mismatch:
-            raise fold_error(
-                f"{label} does not fit the pattern: {mismatch.what}.",
-                pattern=rule.pattern,
-                span=rule.operand.span("lhs", mismatch.name),
-                shapes=[(label, x.shape)],
-                sizes=plan.sizes_read_off(x.shape),
-                given=self.lengths,
-                hint="Pass a tensor whose sizes match, or correct the axis lengths given as keywords.",
-            ) from None
+        xp: Any,
+    ) -> tuple[Any, Sequence[int], int | None]:
+        plan = rule.plan(x, label) if xp is not None else _dense(x, label, rule).plan(x, label)
+        folded, group_sizes, elementary = _apply(plan, x, self.lengths, copy, xp, label, rule)
         names, same_group = compared
         for name, size in zip(plan.names, elementary, strict=True):
             if name in names:
@@ -263,14 +252,51 @@ class CompiledPattern:
                 + ".",
             )
 
-    def _keyword_tensor(self, name: str, value: object) -> torch.Tensor:
-        if isinstance(value, torch.Tensor):
+    def _keyword_tensor(self, name: str, value: object, xp: Any) -> Any:
+        if _is_operand(value, xp):
             return value
+        wanted = "a tensor" if xp is None else f"an array of {xp.__name__}"
         raise fold_error(
-            f"Keyword argument '{name}' is listed in fold_kwargs but is of type {type(value).__name__}, not a tensor.",
+            f"Keyword argument '{name}' is listed in fold_kwargs but is of type {type(value).__name__}, not {wanted}.",
             pattern=self.kwarg_rules[name].pattern,
-            hint="Pass a tensor, or None to leave it out.",
+            hint="Pass a tensor, or None to leave it out." if xp is None else "Pass one, or None to leave it out.",
         )
+
+
+def _is_operand(value: object, xp: Any) -> bool:
+    """Whether the pattern folds ``value``: a torch tensor, or with ``xp`` an array of that namespace."""
+    return isinstance(value, torch.Tensor) if xp is None else namespace(value) is xp
+
+
+def _dense(x: torch.Tensor, label: str, rule: Rule) -> Rule:
+    """``rule``, once ``x`` is known to be a dense (strided, not nested) tensor."""
+    nested, layout = x.is_nested, x.layout  # each a costly lookup on a nested tensor: read once
+    if nested or layout != torch.strided:
+        raise _layout_error(label, rule.pattern, nested, layout)
+    return rule
+
+
+def _apply(
+    plan: Plan, x: Any, lengths: Mapping[str, int], copy: bool | None, xp: Any, label: str, rule: Rule
+) -> tuple[Any, Sequence[int] | None, Sequence[int]]:
+    """``plan`` applied to ``x`` (a tensor, or an array of ``xp``), its errors told in the call's words."""
+    try:
+        return plan.apply(x, lengths, copy) if xp is None else apply_plan(plan, x, lengths, copy, xp)
+    except NoView:
+        strides = x.stride() if xp is None else element_strides(x)
+        assert strides is not None  # apply_plan raises NoView only for arrays whose strides it can read
+        example = x if xp is None else meta_like(x.shape, strides)
+        raise copy_refused(label, rule.pattern, rule.operand, plan, example, lengths) from None
+    except SizeMismatch as mismatch:
+        raise fold_error(
+            f"{label} does not fit the pattern: {mismatch.what}.",
+            pattern=rule.pattern,
+            span=rule.operand.span("lhs", mismatch.name),
+            shapes=[(label, x.shape)],
+            sizes=plan.sizes_read_off(x.shape),
+            given=lengths,
+            hint="Pass a tensor whose sizes match, or correct the axis lengths given as keywords.",
+        ) from None
 
 
 def keyword_pattern(group_axes: tuple[str, ...] | None) -> str | None:
@@ -285,10 +311,10 @@ def keyword_pattern(group_axes: tuple[str, ...] | None) -> str | None:
 
 
 def _count_error(
-    pattern: CompiledPattern, args: Sequence[Any], kwargs: Mapping[str, Any], positions: list[int]
+    pattern: CompiledPattern, args: Sequence[Any], kwargs: Mapping[str, Any], positions: list[int], xp: Any = None
 ) -> Exception:
     given = f"the positional arguments are ({', '.join(type(arg).__name__ for arg in args)})" if args else ""
-    unlisted = [name for name, v in kwargs.items() if isinstance(v, torch.Tensor) and name not in pattern.kwarg_rules]
+    unlisted = [name for name, v in kwargs.items() if _is_operand(v, xp) and name not in pattern.kwarg_rules]
     listed = [name for name in pattern.kwarg_rules if kwargs.get(name) is not None]
     if not pattern.single:
         count = "1 positional tensor came" if len(positions) == 1 else f"{len(positions)} positional tensors came"

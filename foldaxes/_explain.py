@@ -11,9 +11,11 @@ import re
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from ._arrays import element_strides, namespace
 from ._errors import fold_error, positive_int, shown
 from ._fold import fold_by, unfold
 from ._pattern import parse_pattern
@@ -141,7 +143,7 @@ class Explanation:
 
 def explain(
     pattern: str,
-    x: torch.Tensor | Sequence[int],
+    x: Any,
     /,
     *,
     channels_last: bool = False,
@@ -305,7 +307,7 @@ def _sizes_and_strides(
     time_major: bool,
 ) -> tuple[list[int], list[int]]:
     """The input's sizes and strides: read off the tensor, or the shape given with its strides or layout flags."""
-    if isinstance(x, torch.Tensor):
+    if isinstance(x, torch.Tensor) or namespace(x) is not None:
         if strides is not None or channels_last or time_major:
             raise fold_error(
                 "A tensor's own strides say how it is stored: give strides, channels_last or time_major "
@@ -406,8 +408,21 @@ def _layout_words(x: torch.Tensor) -> str:
     return f"dense but permuted: x.permute{tuple(order)} is contiguous"
 
 
-def _read_off(pattern: str, x: torch.Tensor) -> tuple[list[int], list[int]]:
-    """The sizes and strides of a strided tensor, the only things ``explain`` reads from it."""
+def _read_off(pattern: str, x: Any) -> tuple[list[int], list[int]]:
+    """The sizes and strides of a strided tensor or array, the only things ``explain`` reads from it.
+
+    NumPy-style strides count bytes; they are read as elements, as torch counts them.
+    """
+    if not isinstance(x, torch.Tensor):
+        strides = element_strides(x)
+        if strides is None:
+            raise fold_error(
+                f"explain reads an array's strides, but this {type(x).__module__.split('.')[0]} array does not show "
+                "them (or they are not whole elements).",
+                pattern=pattern,
+                hint="Explain its shape instead, with the layout as keywords: explain(pattern, x.shape).",
+            )
+        return [int(size) for size in x.shape], strides
     if x.is_nested or x.layout != torch.strided:
         kind = "nested" if x.is_nested else str(x.layout).replace("torch.", "")
         raise fold_error(

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar, overload
 
 import torch
 
+from ._arrays import library_of, namespace, reshape
 from ._cache import bounded_cache
 from ._call import Caller, check_callable
 from ._compiled import CompiledPattern
 from ._errors import fold_error, shown
 from ._execution import Execution, checked_copy
 from ._pattern import ELLIPSIS
-from ._unfold import OutputRules, OutSpec
+from ._plan import mergeable, product
+from ._unfold import OutputRules, OutSpec, is_array, split_leaf
 
 __all__ = ["FoldSpec", "distribute", "fold", "fold_by", "unfold"]
 
@@ -47,6 +50,26 @@ class FoldSpec:
     lengths: tuple[tuple[str, int], ...] = ()
 
 
+_STRIDED = torch.strided
+_FLATTENS: dict[tuple[str, type, int | None], tuple[int, int, dict[tuple[int, ...], FoldSpec]]] = {}
+"""``(start, end, specs)`` per pattern, type and rank whose fold is one flatten of dims ``start`` to ``end``.
+
+``specs`` holds the specs made so far, by the sizes of the folded group, and under ``()`` one whose other fields
+every spec of this fold shares."""
+
+
+def _remember(specs: dict[tuple[int, ...], FoldSpec], spec: FoldSpec) -> FoldSpec:
+    """Keeps ``spec`` for later folds of its sizes: a spec is immutable, so one serves them all."""
+    if torch.compiler.is_compiling():  # a cache write while dynamo traces is a side effect of the graph
+        return spec
+    if len(specs) >= 64:
+        template = specs[()]
+        specs.clear()
+        specs[()] = template
+    specs[spec.sizes] = spec
+    return spec
+
+
 @bounded_cache(256)
 def _compiled(pattern: str, lengths: tuple[tuple[str, int], ...]) -> CompiledPattern:
     return CompiledPattern(pattern, lengths=dict(lengths))
@@ -69,9 +92,9 @@ def fold(
 def fold(
     x: Sequence[torch.Tensor], pattern: str, /, *, copy: bool | None = None, **axes_lengths: int
 ) -> tuple[tuple[torch.Tensor, ...], FoldSpec]: ...
-def fold(
-    x: torch.Tensor | Sequence[torch.Tensor], pattern: str, /, *, copy: bool | None = None, **axes_lengths: int
-) -> tuple[torch.Tensor | tuple[torch.Tensor, ...], FoldSpec]:
+@overload
+def fold(x: Any, pattern: str, /, *, copy: bool | None = None, **axes_lengths: int) -> tuple[Any, FoldSpec]: ...
+def fold(x: Any, pattern: str, /, *, copy: bool | None = None, **axes_lengths: int) -> tuple[Any, FoldSpec]:
     """Rearranges ``x`` by ``pattern`` and returns it with the spec that ``unfold`` needs.
 
     The fold is a view whenever the strides allow one; otherwise it is exactly one copy, laid out as each frame of
@@ -102,27 +125,47 @@ def fold(
         >>> foldaxes.unfold(y, spec).shape
         torch.Size([2, 8, 4, 30, 30])
     """
+    if copy is None and not axes_lengths:
+        # A pattern and rank whose fold was one flatten: that flatten again, when it is a view of this input.
+        flatten = _FLATTENS.get((pattern, type(x), getattr(x, "ndim", None)))
+        if flatten is not None:
+            start, end, specs = flatten
+            shape = x.shape
+            sizes = tuple(shape[start : end + 1])
+            spec = specs.get(sizes) or _remember(specs, replace(specs[()], sizes=sizes))
+            if not isinstance(x, torch.Tensor):
+                return reshape(x, (*shape[:start], math.prod(sizes), *shape[end + 1 :])), spec
+            if (
+                x.layout is _STRIDED
+                and not x.is_nested
+                and (x.is_contiguous() or mergeable(shape, x.stride(), start, end))
+            ):
+                return x.flatten(start, end), spec
     return fold_by(x, pattern, axes_lengths, copy)
 
 
-def fold_by(
-    x: torch.Tensor | Sequence[torch.Tensor], pattern: str, axes_lengths: Mapping[str, int], copy: bool | None = None
-) -> tuple[torch.Tensor | tuple[torch.Tensor, ...], FoldSpec]:
+def fold_by(x: Any, pattern: str, axes_lengths: Mapping[str, int], copy: bool | None = None) -> tuple[Any, FoldSpec]:
     """``fold`` with the lengths as a mapping, so that any axis may be given one (``copy`` included)."""
     lengths = tuple(sorted(axes_lengths.items()))
     compiled = _compiled(pattern, lengths)
     copy = checked_copy(pattern, copy)
-    single = isinstance(x, torch.Tensor)
-    if not single and not (isinstance(x, Sequence) and all(isinstance(t, torch.Tensor) for t in x)):
+    single = isinstance(x, torch.Tensor) or namespace(x) is not None
+    if not single and not (isinstance(x, Sequence) and all(is_array(t) for t in x)):
         raise fold_error(
-            f"fold takes a tensor or a sequence of tensors, not {type(x).__name__}.",
+            f"fold takes a tensor or an array, or a sequence of them, not {type(x).__name__}.",
             pattern=pattern,
             hint="Pass the tensor first and the pattern second: fold(x, pattern).",
         )
     tensors: tuple[Any, ...] = (x,) if single else tuple(x)
-    call = compiled.fold(tensors, {}, copy)
+    xp = library_of(tensors, {}, (), pattern)
+    call = compiled.fold(tensors, {}, copy, xp)
     axes = tuple("..." if axis == ELLIPSIS else axis for axis in compiled.group_axes or ())
     spec = FoldSpec(pattern=pattern, dim=call.dim, axes=axes, sizes=tuple(call.group_sizes), lengths=lengths)
+    span = compiled.rules[0].plan(x, "argument 0").flatten_only if single and compiled.single else None
+    if span is not None and not lengths and copy is None and not torch.compiler.is_compiling():
+        if len(_FLATTENS) >= 256:
+            _FLATTENS.clear()
+        _FLATTENS[(pattern, type(x), x.ndim)] = (*span, {(): replace(spec, sizes=())})
     return (call.args[0] if single else call.args), spec
 
 
@@ -153,7 +196,13 @@ def unfold(y: Any, spec: FoldSpec, out: OutSpec = None) -> Any:
             pattern=None,
             hint="Write folded, spec = fold(x, pattern), then unfold(y, spec).",
         )
-    return _output_rules(spec.pattern, spec.axes, spec.lengths, out).unfold(y, spec.dim, spec.sizes)
+    dim, sizes = spec.dim, spec.sizes
+    if out is None and dim is not None:
+        # One tensor or array whose folded dim fits: one split, without looking up the output rules.
+        split = split_leaf(y, dim, sizes, product(sizes))
+        if split is not None:
+            return split
+    return _output_rules(spec.pattern, spec.axes, spec.lengths, out).unfold(y, dim, sizes)
 
 
 @overload
@@ -244,7 +293,8 @@ def distribute(
     execution = Execution.checked(
         pattern, chunk_size, checkpoint, fill_value, allow_batch_statistics, compute_repeats_once, copy
     )
-    caller = Caller(CompiledPattern(pattern, out=out, fold_kwargs=fold_kwargs, lengths=axes_lengths), execution)
+    compiled = CompiledPattern(pattern, out=out, fold_kwargs=fold_kwargs, lengths=axes_lengths)
+    caller = Caller(compiled, execution, arrays=True)
     check_callable(fn, pattern)
 
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:

@@ -15,6 +15,7 @@ import torch
 
 from ._compiled import CompiledPattern, keyword_pattern
 from ._errors import FoldError, format_shape
+from ._unfold import is_array
 
 __all__ = ["add_fold_note"]
 
@@ -45,10 +46,10 @@ def add_fold_note(
         return
     lines = [f"foldaxes: raised inside the module, which was called on arguments folded by '{pattern.text}'"]
     for position, (given, folded) in enumerate(zip(args, folded_args, strict=True)):
-        if isinstance(given, torch.Tensor):
+        if is_array(given):
             lines.append(f"  argument {position}: shape {format_shape(given.shape)} -> {_shape(folded)}")
     for name, given in kwargs.items():
-        if isinstance(given, torch.Tensor):
+        if is_array(given):
             shape = f"  keyword argument '{name}': shape {format_shape(given.shape)}"
             if name in pattern.kwarg_rules:
                 lines.append(f"{shape} -> {_shape(folded_kwargs[name])}")
@@ -67,7 +68,7 @@ def add_fold_note(
 
 
 def _shape(folded: Any) -> str:
-    return format_shape(folded.shape) if isinstance(folded, torch.Tensor) else "?"
+    return format_shape(folded.shape) if is_array(folded) else "?"
 
 
 def _advice(name: str, x: torch.Tensor, pattern: CompiledPattern, group_sizes: Sequence[int]) -> str:

@@ -108,15 +108,38 @@ class Plan:
             SizeMismatch: a size of ``x`` disagrees with ``lengths`` or cannot be split.
             NoView: ``copy`` is ``False``, and merging the axes needs a copy.
         """
-        shape = x.shape
+        for dim, sizes in self.splits(x.shape, lengths):
+            x = x.squeeze(dim) if sizes is None else torch.unflatten(x, dim, sizes)
+        elementary = x.shape
+        if self.permutation is not None:
+            x = x.permute(self.permutation)
+        group_sizes = None if self.group is None else x.shape[self.group[0] : self.group[1]]
+        if copy or (copy is None and not self.viewable(x)):
+            x = self._copied(x)
+        else:
+            if copy is False:
+                self.check_views(x.shape, x.stride())
+            for start, end in self.merges:
+                x = x.flatten(start, end)
+        for dim in self.unsqueezes:
+            x = x.unsqueeze(dim)
+        return x, group_sizes, elementary
+
+    def splits(self, shape: Sequence[int], lengths: Mapping[str, int]) -> list[tuple[int, list[int] | None]]:
+        """``(dim, sizes)`` for each input dim to split, in decreasing order; ``None`` sizes squeeze a unit dim.
+
+        An unknown size is -1. Raises ``SizeMismatch`` when a size of ``shape`` disagrees with ``lengths`` or
+        cannot be split.
+        """
         for dim, name in self.equal_checks:
             if shape[dim] != lengths[name]:
                 raise SizeMismatch(f"axis '{name}' has size {shape[dim]} but was given as {lengths[name]}", name)
+        splits: list[tuple[int, list[int] | None]] = []
         for dim, names, unknown in self.expansions:
             if not names:
                 if shape[dim] != 1:
                     raise SizeMismatch(f"dim {dim} is written as 1 but has size {shape[dim]}", "")
-                x = x.squeeze(dim)
+                splits.append((dim, None))
                 continue
             sizes = [-1 if i == unknown else lengths[name] for i, name in enumerate(names)]
             known = product(size for size in sizes if size != -1)
@@ -127,21 +150,14 @@ class Plan:
                     f"with {', '.join(f'{n}={lengths[n]}' for i, n in enumerate(names) if i != unknown)}",
                     names[unknown] if unknown >= 0 else names[0],
                 )
-            x = torch.unflatten(x, dim, sizes)
-        elementary = x.shape
-        if self.permutation is not None:
-            x = x.permute(self.permutation)
-        group_sizes = None if self.group is None else x.shape[self.group[0] : self.group[1]]
-        if copy or (copy is None and not self.viewable(x)):
-            x = self._copied(x)
-        else:
-            for start, end in self.merges:
-                if copy is False and not mergeable(x.shape, x.stride(), start, end):
-                    raise NoView(start, end)
-                x = x.flatten(start, end)
-        for dim in self.unsqueezes:
-            x = x.unsqueeze(dim)
-        return x, group_sizes, elementary
+            splits.append((dim, sizes))
+        return splits
+
+    def check_views(self, shape: Sequence[int], strides: Sequence[int]) -> None:
+        """Raises ``NoView`` for the first merge that the strides (after the splits and permute) make a copy."""
+        for start, end in self.merges:
+            if not mergeable(shape, strides, start, end):
+                raise NoView(start, end)
 
     def viewable(self, x: torch.Tensor) -> bool:
         """Whether the merges make views of ``x``, the tensor after the splits and the permute."""
@@ -155,7 +171,12 @@ class Plan:
         shape = list(x.shape)
         for start, end in self.merges:
             shape[start : end + 1] = [product(shape[start : end + 1])]
-        merged = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=self.frame_format(x))
+        layout = self.frame_format(x)
+        if layout == torch.contiguous_format:  # torch's own contiguous copy: one call
+            return (
+                x.reshape(shape).clone(memory_format=torch.contiguous_format) if self.viewable(x) else x.reshape(shape)
+            )
+        merged = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout)
         parts = merged
         for start, end in reversed(self.merges):  # increasing order: each split leaves the dims before it alone
             parts = torch.unflatten(parts, start, x.shape[start : end + 1])

@@ -8,12 +8,13 @@ from typing import Any
 
 import torch
 
+from ._arrays import apply_plan, namespace, reshape
 from ._errors import fold_error, shown
 from ._pattern import ELLIPSIS, parse_rule
 from ._plan import Rule, SizeMismatch, product
 from ._tree import flatten, leaf_paths, map_structure, unflatten
 
-__all__ = ["OutSpec", "OutputRules", "bind_group", "conform"]
+__all__ = ["OutSpec", "OutputRules", "bind_group", "conform", "is_array", "split_leaf"]
 
 OutSpec = str | None | Sequence[Any] | Mapping[Any, Any]
 """What ``out=`` takes: a pattern, ``None``, or a nested structure of those matching the module's output."""
@@ -93,7 +94,7 @@ class OutputRules:
         except ValueError as error:
             found = (
                 "the output is a single tensor"
-                if isinstance(result, torch.Tensor)
+                if is_array(result)
                 else f"the output has leaves at {', '.join(leaf_paths(result))}"
             )
             raise fold_error(
@@ -103,19 +104,17 @@ class OutputRules:
             ) from None
 
     def _each_tensor(self, part: Any, apply: Any) -> Any:
-        if isinstance(part, torch.Tensor):
+        if is_array(part):
             return apply(part)
         leaves, spec = flatten(part)
-        return unflatten(
-            [apply(leaf) if isinstance(leaf, torch.Tensor) else self._opaque(leaf, part) for leaf in leaves], spec
-        )
+        return unflatten([apply(leaf) if is_array(leaf) else self._opaque(leaf, part) for leaf in leaves], spec)
 
     def _opaque(self, leaf: Any, result: Any) -> Any:
         """Passes a non-tensor leaf through, unless it hides tensors that would come back still folded."""
         if isinstance(leaf, set | frozenset):
-            hidden = any(isinstance(item, torch.Tensor) for item in leaf)
+            hidden = any(is_array(item) for item in leaf)
         elif dataclasses.is_dataclass(leaf) and not isinstance(leaf, type):
-            hidden = any(isinstance(getattr(leaf, field.name), torch.Tensor) for field in dataclasses.fields(leaf))
+            hidden = any(is_array(getattr(leaf, field.name)) for field in dataclasses.fields(leaf))
         else:
             return leaf
         if hidden:
@@ -129,8 +128,9 @@ class OutputRules:
             )
         return leaf
 
-    def _split(self, leaf: torch.Tensor, result: Any, dim: int, sizes: Sequence[int], total: int) -> torch.Tensor:
-        if leaf.ndim <= dim or leaf.shape[dim] != total:
+    def _split(self, leaf: Any, result: Any, dim: int, sizes: Sequence[int], total: int) -> Any:
+        split = split_leaf(leaf, dim, sizes, total)
+        if split is None:
             found = "no such dim" if leaf.ndim <= dim else f"size {leaf.shape[dim]}"
             axes = " ".join("..." if a == ELLIPSIS else a for a in self.group_axes)
             label = _label(leaf, result)
@@ -143,14 +143,14 @@ class OutputRules:
                 hint=f"Pass out= with a pattern for this output (for example '({axes}) n -> {axes} n' if the "
                 "folded axes are elsewhere), or None to return it as the module gave it.",
             )
-        if not sizes:
-            return leaf.squeeze(dim)
-        return torch.unflatten(leaf, dim, sizes)
+        return split
 
-    def _rearrange(self, rule: Rule, leaf: torch.Tensor, result: Any, bindings: dict[str, int]) -> torch.Tensor:
+    def _rearrange(self, rule: Rule, leaf: Any, result: Any, bindings: dict[str, int]) -> Any:
         plan = rule.plan(leaf, lambda: _label(leaf, result))
         try:
-            return plan.apply(leaf, bindings)[0]
+            if isinstance(leaf, torch.Tensor):
+                return plan.apply(leaf, bindings)[0]
+            return apply_plan(plan, leaf, bindings, None, namespace(leaf))[0]
         except SizeMismatch as mismatch:
             label = _label(leaf, result)
             raise fold_error(
@@ -162,6 +162,25 @@ class OutputRules:
                 given=bindings,
                 hint=f"The folded axes are bound from the input (fold pattern: {self.pattern}).",
             ) from None
+
+
+def split_leaf(leaf: Any, dim: int, sizes: Sequence[int], total: int) -> Any | None:
+    """The tensor or array ``leaf`` with dim ``dim`` split into ``sizes`` (removed when there are none), a view;
+    ``None`` when ``leaf`` is neither, or its dim ``dim`` does not hold the ``total`` folded rows."""
+    if isinstance(leaf, torch.Tensor):
+        if leaf.ndim <= dim or leaf.shape[dim] != total:
+            return None
+        return torch.unflatten(leaf, dim, sizes) if sizes else leaf.squeeze(dim)
+    xp = namespace(leaf)
+    shape = None if xp is None else leaf.shape
+    if shape is None or len(shape) <= dim or shape[dim] != total:
+        return None
+    return reshape(leaf, (*shape[:dim], *sizes, *shape[dim + 1 :]), xp)
+
+
+def is_array(value: object) -> bool:
+    """Whether ``value`` is an output leaf that unfolds: a torch tensor, or an array of an array API library."""
+    return isinstance(value, torch.Tensor) or namespace(value) is not None
 
 
 def conform(structure: Any, tree: Any) -> Any:
