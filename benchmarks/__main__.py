@@ -1,9 +1,9 @@
 """``python -m benchmarks``: foldaxes beside every other way of folding (batch, time), in one process.
 
 Runs the eager workloads A to F, D2 and E2, the compiled workload G, the construction workload H, the general
-call path I to L (several tensors, nested outputs, out=) and the ragged-input workload R, prints a table per
-workload and the targets with PASS or FAIL, prints the summary tables last, and writes the same to
-docs/benchmarks.md with a bar chart of the eager workloads (docs/benchmarks.png, when matplotlib is installed).
+call path I to L (several tensors, nested outputs, out=), the NumPy round trip N and the ragged-input workload R,
+prints a table per workload and the targets with PASS or FAIL, prints the summary tables last, and writes the same
+to docs/benchmarks.md with a bar chart of the eager workloads (docs/benchmarks.png, when matplotlib is installed).
 Nothing here decides CI: the exit status is 0 unless ``--check`` is given and a target fails.
 """
 
