@@ -258,6 +258,29 @@ class _Sequence(NamedTuple):
         return self.make(parts)
 
 
+class _Splits(NamedTuple):
+    """A dict, tuple, list, NamedTuple or structseq of tensors, each split at the folded dim: one node, one loop.
+
+    The common output of several tensors (attention's output and weights, a dict of heads) needs no node per part.
+    Any number of parts under any keys unfold alike, so only the container's type is checked.
+    """
+
+    kind: Any  # a type; typed loosely, as mypy would narrow a value checked against it to ``object``
+    make: Callable[[list[Any]], Any]
+
+    def run(self, value: Any, env: _Env) -> Any:
+        if type(value) is not self.kind:
+            return MISS
+        dim, sizes, total = env.dim, env.sizes, env.total
+        is_dict = self.kind is dict
+        parts = []
+        for part in value.values() if is_dict else value:
+            if not isinstance(part, torch.Tensor) or part.ndim <= dim or part.shape[dim] != total:
+                return MISS
+            parts.append(torch.unflatten(part, dim, sizes) if sizes else part.squeeze(dim))
+        return dict(zip(value, parts, strict=True)) if is_dict else self.make(parts)
+
+
 class _Dict(NamedTuple):
     """A dict with exactly these keys in this order, rebuilt with its keys in ``order`` (that of out=)."""
 
@@ -312,6 +335,9 @@ def _container(value: Any, children: list[Node | None]) -> Node | None:
     """The node for the container ``value`` over ``children``; ``None`` for a type a program does not check."""
     if any(child is None for child in children):
         return None
+    if children and all(child is _split for child in children):
+        make = dict if type(value) is dict else _sequence_maker(value)
+        return None if make is None else _Splits(type(value), make).run
     if type(value) is dict:
         return _Dict(tuple(value), tuple(value), tuple(children)).run  # type: ignore[arg-type]
     make = _sequence_maker(value)
