@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from einops import EinopsError
 
-__all__ = ["FoldError", "flag", "fold_error", "format_message", "format_shape", "positive_int", "shown"]
+__all__ = ["FoldError", "flag", "fold_error", "format_shape", "positive_int", "shown"]
 
 
 class FoldError(EinopsError):
@@ -77,24 +77,8 @@ def fold_error(
     given: Mapping[str, int] | None = None,
     hint: str | None = None,
 ) -> FoldError:
-    """A ``FoldError`` whose message says what is wrong, shows the pattern with a caret under ``span``, the shapes
-    and axis sizes involved, and what to do (``hint``)."""
-    return FoldError(
-        format_message(what, pattern=pattern, span=span, shapes=shapes, sizes=sizes, given=given, hint=hint)
-    )
-
-
-def format_message(
-    what: str,
-    *,
-    pattern: str | None,
-    span: tuple[int, int] | None = None,
-    shapes: Iterable[tuple[str, Sequence[int]]] = (),
-    sizes: Mapping[str, int] | None = None,
-    given: Mapping[str, int] | None = None,
-    hint: str | None = None,
-) -> str:
-    """Lays out a message: what is wrong, the pattern with a caret, the shapes and sizes, what to do."""
+    """A ``FoldError`` laid out as every one is: what is wrong, the pattern with a caret under ``span``, the shapes
+    and axis sizes involved (with the lengths ``given`` as keywords), and what to do (``hint``)."""
     lines = [what] if pattern is None else [what, f"  pattern: {pattern}"]
     if span is not None:
         start, end = span
@@ -106,7 +90,7 @@ def format_message(
         lines.append("  lengths given: " + ", ".join(f"{name}={size}" for name, size in given.items()))
     if hint:
         lines.append(f"  {hint}")
-    return "\n".join(lines)
+    return FoldError("\n".join(lines))
 
 
 def format_shape(shape: Sequence[int]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -107,6 +108,16 @@ class Recorder(nn.Module):
     def rows(self) -> list[int]:
         """How many rows (the size of dim 0) the first argument of each call had."""
         return [x.shape[0] for x in self.inputs]
+
+
+CARRIERS = [
+    pytest.param(lambda m: m.forward, id="bound-method"),
+    pytest.param(lambda m: functools.partial(m), id="partial"),
+    pytest.param(lambda m: functools.partial(lambda module, x: module(x), m), id="partial-argument"),
+    pytest.param(lambda m: lambda x: m(x), id="closure"),
+    pytest.param(lambda m: functools.wraps(m.forward)(lambda x: m.forward(x)), id="decorated"),
+]
+"""Callables that carry a module without being it: each makes one of a module ``m``."""
 
 
 def message(fn: Callable[[], Any], error: type[Exception] = FoldError) -> str:

@@ -6,14 +6,13 @@ profiler's allocation and free events, never with timings.
 from __future__ import annotations
 
 import copy
-import functools
 import pickle
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
-from conftest import Recorder, assert_exact, loop_reference, message
+from conftest import CARRIERS, Recorder, assert_exact, loop_reference, message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -250,17 +249,7 @@ class TestBatchStatisticsGuard:
         assert "chunk_size=2 runs it on that many rows at a time" in text
         assert ".eval()" in text and "allow_batch_statistics=True" in text
 
-    @pytest.mark.parametrize(
-        "carry",
-        [
-            lambda m: m.forward,
-            lambda m: functools.partial(m),
-            lambda m: functools.partial(lambda module, x: module(x), m),
-            lambda m: lambda x: m(x),
-            lambda m: functools.wraps(m.forward)(lambda x: m.forward(x)),
-        ],
-        ids=["bound-method", "partial", "partial-argument", "closure", "decorated"],
-    )
+    @pytest.mark.parametrize("carry", CARRIERS)
     @pytest.mark.parametrize("keywords", [{"chunk_size": 2}, {"checkpoint": True}], ids=["chunked", "checkpointed"])
     def test_sees_the_module_a_callable_carries(self, carry: Callable[[nn.Module], Any], keywords: Any) -> None:
         net = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))

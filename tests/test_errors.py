@@ -119,7 +119,7 @@ class TestBadPatterns:
             (lambda: foldaxes.TimeDistributed(nn.Identity(), "yes"), "batch_first must be True or False"),
             (lambda: foldaxes.TimeDistributed(None), "needs the module"),  # type: ignore[arg-type]
             (lambda: foldaxes.fold(torch.zeros(2, 6), "b (t v) -> (b t) v", v=[2]), "must be a positive int"),
-            (lambda: foldaxes.fold(3, "b t -> (b t)"), "fold takes a tensor or an array, or a sequence of them, not int"),
+            (lambda: foldaxes.fold(3, "b t -> (b t)"), "takes a tensor or an array, or a sequence of them, not int"),
             (lambda: foldaxes.fold([torch.zeros(2), 3], "b -> (b)"), "not list"),
             (lambda: foldaxes.unfold(torch.zeros(2), "b t -> (b t)"), "needs the FoldSpec that fold returned"),
             (lambda: Distribute("b t -> (b t)", nn.Identity(), t=True), "must be a positive int"),

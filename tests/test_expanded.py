@@ -7,13 +7,12 @@ the output is expanded back; modules that would make copies differ are computed 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
-from conftest import Recorder, assert_exact, loop_reference, message
+from conftest import CARRIERS, Recorder, assert_exact, loop_reference, message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -266,17 +265,7 @@ class TestGuardsWhenAsked:
         Distribute("b t d -> (b t) d", recorder, **ONCE)(torch.randn(2, 1, 4).expand(2, 3, 4))
         assert recorder.rows == [6]
 
-    @pytest.mark.parametrize(
-        "carry",
-        [
-            lambda m: m.forward,
-            lambda m: functools.partial(m),
-            lambda m: functools.partial(lambda module, x: module(x), m),
-            lambda m: lambda x: m(x),
-            lambda m: functools.wraps(m.forward)(lambda x: m(x)),
-        ],
-        ids=["bound-method", "partial", "partial-argument", "closure", "decorated"],
-    )
+    @pytest.mark.parametrize("carry", CARRIERS)
     def test_guards_see_the_module_a_callable_carries(self, carry: Callable[[nn.Module], Any]) -> None:
         recorder = Recorder(nn.Linear(4, 4))
         dropout = nn.Sequential(recorder, nn.Dropout(0.5))
