@@ -170,7 +170,7 @@ class Caller:
         if self._repeats_once or _tracing():
             return  # a program folds a repeated input densely, which compute_repeats_once asks not to
         programs = self._inputs.get(structure, ())
-        program = self.pattern.program(args, kwargs, call, self.execution.copy)
+        program = self.pattern.program(args, kwargs, call, self.execution.copy, self.arrays)
         _store(self._inputs, structure, (program, *programs[: _PROGRAMS_PER_STRUCTURE - 1]))
 
     def _unfold(self, result: Any, dim: int | None, sizes: Sequence[int], structure: Structure) -> Any:

@@ -12,8 +12,9 @@ from typing import Any
 import torch
 
 from ._arrays import apply_plan, element_strides, meta_like, namespace
-from ._errors import fold_error, positive_int, shown
-from ._pattern import ELLIPSIS, parse_pattern, parse_rule
+from ._checks import check_group_orders, check_lengths_used, checked_lengths, kwarg_rules
+from ._errors import fold_error
+from ._pattern import ELLIPSIS, parse_pattern
 from ._plan import NoView, Plan, Rule, SizeMismatch
 from ._program import InputProgram, ProgramInput, as_slice, merged_checks
 from ._records import FoldedCall, Key, TensorArgument
@@ -66,16 +67,16 @@ class CompiledPattern:
                 hint="Pass the pattern first: Distribute(pattern, module), fold(x, pattern).",
             )
         self.text = pattern
-        self.lengths = _checked_lengths(pattern, lengths or {})
+        self.lengths = checked_lengths(pattern, lengths or {})
         known = frozenset(self.lengths)
         parsed = parse_pattern(pattern, known)
         self.rules = tuple(Rule(pattern, operand, known) for operand in parsed.operands)
-        self.kwarg_rules = _kwarg_rules(pattern, fold_kwargs, known)
+        self.kwarg_rules = kwarg_rules(pattern, fold_kwargs, known)
         self.group_axes = parsed.group_axes
         self.group_text = "(" + " ".join("..." if a == ELLIPSIS else a for a in self.group_axes or ()) + ")"
         self.outputs = OutputRules(pattern, out, self.group_axes, self.lengths)
-        _check_lengths_used(pattern, self.lengths, (*self.rules, *self.kwarg_rules.values()), self.outputs.names)
-        _check_group_orders(self.group_axes, (*self.rules, *self.kwarg_rules.values()))
+        check_lengths_used(pattern, self.lengths, (*self.rules, *self.kwarg_rules.values()), self.outputs.names)
+        check_group_orders(self.group_axes, (*self.rules, *self.kwarg_rules.values()))
         self._group_operand = parsed.folded or 0
         self._compared = tuple(_compared_names(rule, self.group_axes, self.single) for rule in self.rules)
         self._compared_kwargs = {
@@ -146,12 +147,12 @@ class CompiledPattern:
         return FoldedCall(tuple(folded_args), folded_kwargs, dim, sizes, tuple(slots), other)
 
     def program(
-        self, args: Sequence[Any], kwargs: Mapping[str, Any], call: FoldedCall, copy: bool | None
+        self, args: Sequence[Any], kwargs: Mapping[str, Any], call: FoldedCall, copy: bool | None, arrays: bool
     ) -> InputProgram:
         """What ``fold`` did for this call, as a program that later calls of the same structure can run.
 
         ``call`` is what ``fold`` returned for these arguments with ``copy``; the program checks the sizes that
-        ``fold`` checked (see ``_program.py``).
+        ``fold`` checked (see ``_program.py``). ``arrays``: whether the wrapper folds arrays of other libraries.
         """
         tensors: list[ProgramInput] = []
         first: dict[str, tuple[int, int]] = {}
@@ -183,6 +184,7 @@ class CompiledPattern:
             group=as_slice(group),
             call=call,
             copy=copy,
+            arrays=arrays,
         )
 
     def _compared_for(self, key: Key, rule: Rule) -> tuple[frozenset[str], bool]:
@@ -377,72 +379,6 @@ def _layout_error(label: str, pattern: str, nested: bool, layout: torch.layout) 
     return fold_error(
         f"{label} is a {kind} tensor; foldaxes folds strided (dense) tensors only.", pattern=pattern, hint=hint
     )
-
-
-def _checked_lengths(pattern: str, lengths: Mapping[str, Any]) -> dict[str, int]:
-    checked = {}
-    for name, length in sorted(lengths.items()):
-        value = positive_int(length)
-        if value is None:
-            raise fold_error(
-                f"The length of axis '{name}' must be a positive int, not {shown(length)}.",
-                pattern=pattern,
-                hint="Pass the pattern and the module positionally: Distribute(pattern, module)."
-                if callable(length)
-                else None,
-            )
-        checked[name] = value
-    return checked
-
-
-def _kwarg_rules(pattern: str, fold_kwargs: Mapping[str, str] | None, known: frozenset[str]) -> dict[str, Rule]:
-    if fold_kwargs is None:
-        return {}
-    example = "For example fold_kwargs={'mask': 'b t s -> (b t) s'}."
-    if not isinstance(fold_kwargs, Mapping):
-        raise fold_error(
-            f"fold_kwargs must map keyword names to patterns, not {type(fold_kwargs).__name__}.",
-            pattern=pattern,
-            hint=example,
-        )
-    rules = {}
-    for name, text in fold_kwargs.items():
-        if not isinstance(text, str):
-            raise fold_error(
-                f"fold_kwargs['{name}'] must be a pattern string, not {type(text).__name__}.",
-                pattern=pattern,
-                hint=example,
-            )
-        rules[name] = Rule(text, parse_rule(text, known, f"fold_kwargs['{name}']"), known)
-    return rules
-
-
-def _check_lengths_used(
-    pattern: str, lengths: Mapping[str, int], rules: Sequence[Rule], output_names: frozenset[str]
-) -> None:
-    used = frozenset().union(*(rule.operand.names for rule in rules), output_names)
-    for name, length in lengths.items():
-        if name not in used:
-            raise fold_error(
-                f"Axis '{name}' was given a length ({name}={length}) but no pattern uses it.",
-                pattern=pattern,
-                hint="Remove the keyword or correct its name.",
-            )
-
-
-def _check_group_orders(expected: tuple[str, ...] | None, rules: Sequence[Rule]) -> None:
-    """Refuses a group that folds the folded axes in another order: its rows would not line up."""
-    for rule in rules:
-        axes = rule.operand.group_axes
-        if expected and axes and axes != expected and sorted(axes) == sorted(expected):
-            shown = " ".join("..." if a == ELLIPSIS else a for a in expected)
-            raise fold_error(
-                f"This group folds the axes of ({shown}) in another order, so row i of one folded tensor would not "
-                "be row i of the other.",
-                pattern=rule.pattern,
-                span=rule.operand.span("rhs", axes[0]),
-                hint=f"Write every folded group in the same order: ({shown}).",
-            )
 
 
 def _size_text(size: object) -> str:

@@ -29,6 +29,9 @@ def product(sizes: Iterable[int]) -> int:
     return total
 
 
+_FRAME_FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
 def mergeable(sizes: Sequence[int], strides: Sequence[int], start: int, end: int) -> bool:
     """Whether dims ``start`` to ``end`` of a tensor of these sizes and strides merge into one by a view.
 
@@ -114,8 +117,9 @@ class Plan:
         if self.permutation is not None:
             x = x.permute(self.permutation)
         group_sizes = None if self.group is None else x.shape[self.group[0] : self.group[1]]
-        if copy or (copy is None and not self.viewable(x)):
-            x = self._copied(x)
+        viewable = copy is not False and self.viewable(x)
+        if copy or (copy is None and not viewable):
+            x = self.copied(x, viewable)
         else:
             if copy is False:
                 self.check_views(x.shape, x.stride())
@@ -166,16 +170,20 @@ class Plan:
         sizes, strides = x.shape, x.stride()
         return all(mergeable(sizes, strides, start, end) for start, end in self.merges)
 
-    def _copied(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` with its merges made, as one new tensor laid out as its frames are (see ``frame_format``)."""
+    def copied(self, x: torch.Tensor, viewable: bool) -> torch.Tensor:
+        """``x`` (after the splits and the permute) with its merges made, as one new tensor laid out as its frames
+        are (see ``frame_format``); ``viewable`` says whether the merges alone would have made a view."""
+        layout = self.frame_format(x)
+        if layout == torch.contiguous_format:
+            # torch's own flatten copies into a contiguous tensor at the first merge that is no view, and the merges
+            # after it are views of that copy.
+            merged = x
+            for start, end in self.merges:
+                merged = merged.flatten(start, end)
+            return merged.clone(memory_format=torch.contiguous_format) if viewable else merged
         shape = list(x.shape)
         for start, end in self.merges:
             shape[start : end + 1] = [product(shape[start : end + 1])]
-        layout = self.frame_format(x)
-        if layout == torch.contiguous_format:  # torch's own contiguous copy: one call
-            return (
-                x.reshape(shape).clone(memory_format=torch.contiguous_format) if self.viewable(x) else x.reshape(shape)
-            )
         merged = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout)
         parts = merged
         for start, end in reversed(self.merges):  # increasing order: each split leaves the dims before it alone
@@ -190,11 +198,12 @@ class Plan:
         result and every frame is stored channels_last, the copy is ``channels_last`` (``channels_last_3d``), as a
         batch of such frames would be; otherwise it is contiguous.
         """
-        if self.group is None or self.unsqueezes or self.merges != ((0, self.group[1] - 1),):
+        if self.group is None:
             return torch.contiguous_format
-        merged_rank = x.ndim - self.group[1] + 1
-        candidate = {4: torch.channels_last, 5: torch.channels_last_3d}.get(merged_rank)
-        if candidate is None or 0 in x.shape[: self.group[1]]:
+        candidate = _FRAME_FORMATS.get(x.ndim - self.group[1] + 1)  # by the rank of the merged result
+        if candidate is None or self.unsqueezes or self.merges != ((0, self.group[1] - 1),):
+            return torch.contiguous_format
+        if 0 in x.shape[: self.group[1]]:
             return torch.contiguous_format
         frame = x[(0,) * self.group[1]].unsqueeze(0)
         if frame.is_contiguous() or not frame.is_contiguous(memory_format=candidate):

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ._arrays import namespace
 from ._plan import NoView, Plan, Rule, SizeMismatch, mergeable, product
 from ._records import FoldedCall, Key
 from ._unfold import OutputRules, bind_group, conform
@@ -53,6 +54,7 @@ class InputProgram(NamedTuple):
             they are in order.
         call: The recorded call, whose dim, row slots and other group every matching call shares.
         copy: The ``copy`` it was folded with.
+        arrays: Whether the wrapper folds arrays of other libraries too: then none may stand where no tensor did.
     """
 
     nargs: int
@@ -64,13 +66,14 @@ class InputProgram(NamedTuple):
     group: slice | tuple[int, ...]
     call: FoldedCall
     copy: bool | None
+    arrays: bool
 
     def fold(self, args: Sequence[Any], kwargs: Mapping[str, Any], lengths: Mapping[str, int]) -> FoldedCall | None:
         """The folded call, as ``CompiledPattern.fold`` would make it; ``None`` when the call has another structure."""
         if len(args) != self.nargs:
             return None
         for position in self.others:
-            if isinstance(args[position], torch.Tensor):
+            if isinstance(args[position], torch.Tensor) or (self.arrays and namespace(args[position]) is not None):
                 return None
         for name in self.absent:
             if kwargs.get(name) is not None:
@@ -82,9 +85,10 @@ class InputProgram(NamedTuple):
             x = args[key] if isinstance(key, int) else kwargs.get(key)
             if not isinstance(x, torch.Tensor) or x.layout is not _STRIDED or x.is_nested or x.ndim != ndim:
                 return None
-            if span is not None and (x.is_contiguous() or mergeable(x.shape, x.stride(), *span)):
+            if span is not None:  # one flatten, with copy=None: a view, or one copy in the frames' layout
                 elementary.append(x.shape)
-                folded = x.flatten(*span)
+                viewable = x.is_contiguous() or mergeable(x.shape, x.stride(), *span)
+                folded = x.flatten(*span) if viewable else plan.copied(x, False)
             else:
                 try:
                     folded, _, sizes = plan.apply(x, lengths, self.copy)

@@ -176,6 +176,14 @@ class TestErrors:
             text = message(call)
             assert text.startswith(f"One call folds arrays of one library: {expected}.")
 
+    def test_an_array_where_a_plain_value_was(self) -> None:
+        """After a call with a tensor and a number, a call with a tensor and an array mixes libraries all the same."""
+        wrapped = distribute("b t -> (b t)", lambda z, other: z)
+        wrapped(torch.zeros(2, 3), 5)
+        wrapped(torch.zeros(2, 3), 5)
+        text = message(lambda: wrapped(torch.zeros(2, 3), np.zeros(4)))
+        assert text.startswith("One call folds arrays of one library: argument 1 is from numpy, argument 0 is a torch")
+
     @pytest.mark.parametrize(
         ("options", "keywords", "feature"),
         [
