@@ -182,7 +182,9 @@ class CompiledPattern:
             checks=merged_checks(checks),
             carrier=carrier,
             group=as_slice(group),
-            call=call,
+            dim=call.dim,  # not the call itself, which would keep its tensors alive
+            row_slots=call.row_slots,
+            other_group=call.other_group,
             copy=copy,
             arrays=arrays,
         )

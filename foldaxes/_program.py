@@ -52,7 +52,9 @@ class InputProgram(NamedTuple):
         carrier: The index in ``tensors`` of the argument that gives the folded group's sizes, or -1.
         group: The positions of the folded group's axes among the carrier's elementary sizes, as a slice when
             they are in order.
-        call: The recorded call, whose dim, row slots and other group every matching call shares.
+        dim: The folded dim, which every matching call shares.
+        row_slots: Where the folded rows are, as ``FoldedCall.row_slots``.
+        other_group: As ``FoldedCall.other_group``.
         copy: The ``copy`` it was folded with.
         arrays: Whether the wrapper folds arrays of other libraries too: then none may stand where no tensor did.
     """
@@ -64,7 +66,9 @@ class InputProgram(NamedTuple):
     checks: tuple[tuple[int, slice, int, slice], ...]
     carrier: int
     group: slice | tuple[int, ...]
-    call: FoldedCall
+    dim: int | None
+    row_slots: tuple[tuple[Key, int], ...]
+    other_group: tuple[str, Rule] | None
     copy: bool | None
     arrays: bool
 
@@ -108,8 +112,7 @@ class InputProgram(NamedTuple):
         else:
             group, carried = self.group, elementary[carrier]
             group_sizes = carried[group] if type(group) is slice else tuple(carried[p] for p in group)
-        call = self.call
-        return FoldedCall(tuple(folded_args), folded_kwargs, call.dim, group_sizes, call.row_slots, call.other_group)
+        return FoldedCall(tuple(folded_args), folded_kwargs, self.dim, group_sizes, self.row_slots, self.other_group)
 
 
 def as_slice(positions: Sequence[int]) -> slice | tuple[int, ...]:

@@ -7,7 +7,9 @@ wrapper and then on one that has just run a good call of the same structure, and
 from __future__ import annotations
 
 import collections
+import gc
 import threading
+import weakref
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -348,6 +350,18 @@ class TestCaches:
         caller = wrapped._caller
         assert 0 < len(caller._inputs) <= 64 and 0 < len(caller._outputs) <= 64
         assert all(len(programs) <= 4 for programs in caller._inputs.values())
+
+    def test_programs_keep_no_tensor_alive(self) -> None:
+        """A program records the structure of a call, not its tensors: they are freed once the caller drops them."""
+        wrapped = Distribute(TWO, lambda a, b: {"a": a, "b": b})
+        for _ in range(2):
+            a, b = x(2, 3, 4), x(2, 3, 5)
+            out = wrapped(a, b)
+            refs = [weakref.ref(t) for t in (a, b, out["a"], out["b"])]
+            del a, b, out
+            gc.collect()
+            assert all(ref() is None for ref in refs)
+        assert wrapped._caller._inputs and wrapped._caller._outputs
 
     def test_nothing_is_recorded_while_compiling(self) -> None:
         torch._dynamo.reset()
