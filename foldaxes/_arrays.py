@@ -17,7 +17,7 @@ import torch
 from ._errors import fold_error
 from ._execution import Execution
 from ._masks import MASK, SAMPLE_LENGTHS, RowSelection
-from ._plan import Plan, product
+from ._plan import NoView, Plan, product
 
 __all__ = [
     "apply_plan",
@@ -75,8 +75,8 @@ def apply_plan(plan: Plan, x: Any, lengths: Mapping[str, int], copy: bool | None
 
     Raises:
         SizeMismatch: a size of ``x`` disagrees with ``lengths`` or cannot be split.
-        NoView: ``copy`` is ``False`` and the merges need a copy (known from NumPy-style strides).
-        ValueError: ``copy`` is ``False``, the library hides its strides, and its ``reshape`` refuses to copy.
+        NoView: ``copy`` is ``False`` and the merges need a copy (known from NumPy-style strides, or from the
+            library's ``reshape``, which refuses to copy).
     """
     for dim, sizes in plan.splits(tuple(x.shape), lengths):
         x = xp.squeeze(x, axis=dim) if sizes is None else split_dim(x, dim, sizes, xp)
@@ -93,7 +93,14 @@ def apply_plan(plan: Plan, x: Any, lengths: Mapping[str, int], copy: bool | None
         merged = list(shape)
         for start, end in plan.merges:
             merged[start : end + 1] = [product(merged[start : end + 1])]
-        x = reshape(x, tuple(merged), xp, False if copy is False else None)
+        try:
+            x = reshape(x, tuple(merged), xp, False if copy is False else None)
+        except (ValueError, AttributeError):
+            # The array API's answer to copy=False where a copy is needed is a ValueError; array-api-strict, which
+            # reshapes NumPy's array in place, raises the AttributeError that NumPy's shape assignment does.
+            if copy is not False:
+                raise
+            raise NoView(*plan.merges[0]) from None
     for dim in plan.unsqueezes:
         x = xp.expand_dims(x, axis=dim)
     if copy:

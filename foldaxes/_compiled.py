@@ -288,7 +288,13 @@ def _apply(
         return plan.apply(x, lengths, copy) if xp is None else apply_plan(plan, x, lengths, copy, xp)
     except NoView:
         strides = x.stride() if xp is None else element_strides(x)
-        assert strides is not None  # apply_plan raises NoView only for arrays whose strides it can read
+        if strides is None:  # a library that hides its strides: its reshape refused to copy, which is all we know
+            raise fold_error(
+                f"{label} cannot be folded without a copy, its library says, and copy=False forbids one.",
+                pattern=rule.pattern,
+                shapes=[(label, x.shape)],
+                hint="Leave copy=None to copy.",
+            ) from None
         example = x if xp is None else meta_like(x.shape, strides)
         raise copy_refused(label, rule.pattern, rule.operand, plan, example, lengths) from None
     except SizeMismatch as mismatch:

@@ -138,6 +138,13 @@ class TestCopies:
         expected = message(lambda: foldaxes.fold(torch.from_numpy(x), "b t d -> (b t) d", copy=False))
         assert message(lambda: foldaxes.fold(x, "b t d -> (b t) d", copy=False)) == expected
 
+    def test_copy_false_on_a_library_that_hides_its_strides(self) -> None:
+        x = xps.permute_dims(xps.asarray(np.zeros((3, 2, 4))), (1, 0, 2))
+        text = message(lambda: foldaxes.fold(x, "b t d -> (b t) d", copy=False))
+        assert text.startswith("argument 0 cannot be folded without a copy, its library says, and copy=False forbids")
+        folded, _ = foldaxes.fold(xps.asarray(np.zeros((2, 3, 4))), "b t d -> (b t) d", copy=False)
+        assert folded.shape == (6, 4)
+
     def test_copy_true_gives_a_new_array(self) -> None:
         x = np.zeros((2, 3, 4))
         folded, _ = foldaxes.fold(x, "b t d -> (b t) d", copy=True)

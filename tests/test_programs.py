@@ -9,8 +9,8 @@ from __future__ import annotations
 import collections
 import gc
 import threading
-import weakref
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
