@@ -44,6 +44,23 @@ def add_fold_note(
     """
     if isinstance(error, FoldError) or not hasattr(error, "add_note"):
         return
+    try:
+        note = _note(pattern, args, kwargs, folded_args, folded_kwargs, group_sizes, how)
+    except Exception:  # the note is a courtesy: it must never stand in for the module's own exception
+        return
+    if note not in getattr(error, "__notes__", ()):  # the same exception object raised again by a later call
+        error.add_note(note)
+
+
+def _note(
+    pattern: CompiledPattern,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    folded_args: Sequence[Any],
+    folded_kwargs: Mapping[str, Any],
+    group_sizes: Sequence[int],
+    how: str | None,
+) -> str:
     lines = [f"foldaxes: raised inside the module, which was called on arguments folded by '{pattern.text}'"]
     for position, (given, folded) in enumerate(zip(args, folded_args, strict=True)):
         if is_array(given):
@@ -62,9 +79,7 @@ def add_fold_note(
         )
     elif how is not None:
         lines.append(f"  The module ran on part of the folded rows at a time: {how}.")
-    note = "\n".join(lines)
-    if note not in getattr(error, "__notes__", ()):  # the same exception object raised again by a later call
-        error.add_note(note)
+    return "\n".join(lines)
 
 
 def _shape(folded: Any) -> str:

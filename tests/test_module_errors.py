@@ -155,6 +155,20 @@ class TestNoNote:
             "  argument 0: shape (2, 3, 5, 4) -> (6, 5, 4)",
         ]
 
+    def test_a_note_that_cannot_be_written_is_left_out(self) -> None:
+        class Odd:
+            """Looks like an array to foldaxes, but its shape cannot be read."""
+
+            def __array_namespace__(self) -> Any:
+                return sys.modules[__name__]
+
+            @property
+            def shape(self) -> Any:
+                raise RuntimeError("no shape")
+
+        error = raised(lambda: Distribute("b t d -> (b t) d", boom)(torch.zeros(2, 3, 4), Odd()), Boom)
+        assert error.args == ("the module's own words",) and notes(error) == []
+
     def test_keyboard_interrupt_passes_untouched(self) -> None:
         def interrupt(x: torch.Tensor) -> torch.Tensor:
             raise KeyboardInterrupt
