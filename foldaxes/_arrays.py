@@ -42,7 +42,8 @@ def namespace(x: object) -> Any | None:
     if found is None:
         is_array = not isinstance(x, torch.Tensor) and hasattr(kind, "__array_namespace__")
         found = x.__array_namespace__() if is_array else _NONE  # type: ignore[attr-defined]
-        if len(_NAMESPACES) < 256:  # a bound on memory: types are few
+        # A bound on memory (types are few); and no write while dynamo traces, where it is a side effect.
+        if len(_NAMESPACES) < 256 and not torch.compiler.is_compiling():
             _NAMESPACES[kind] = found
     return None if found is _NONE else found
 

@@ -371,6 +371,13 @@ class TestCaches:
         assert_exact(compiled(a, b), (a, b))
         assert wrapped._caller._inputs == {} and wrapped._caller._outputs == {}
 
+    def test_strict_export_of_a_cold_wrapper_has_no_side_effects(self) -> None:
+        """Nothing is cached while dynamo traces: strict export warns of any write, and warnings fail the tests."""
+        wrapped = Distribute(TWO, lambda a, b: (a * 2, {"b": b}))
+        a, b = x(2, 3, 4), x(2, 3, 5)
+        exported = torch.export.export(wrapped, (a, b), strict=True)
+        same(exported.module()(a, b), wrapped(a, b))
+
     def test_a_warm_wrapper_compiles_to_the_same_result(self) -> None:
         torch._dynamo.reset()
         wrapped = Distribute(TWO, lambda a, b: (a * 2, {"b": b}))
