@@ -9,6 +9,8 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import torch
+
 __all__ = ["bounded_cache"]
 
 R = TypeVar("R")
@@ -29,9 +31,11 @@ def bounded_cache(maxsize: int) -> Callable[[Callable[..., R]], Callable[..., R]
             except TypeError:  # unhashable arguments: the function itself reports what is wrong with them
                 return fn(*args)
             if result is _MISSING:
-                if len(memo) >= maxsize:
-                    memo.clear()
-                result = memo[args] = fn(*args)
+                result = fn(*args)
+                if not torch.compiler.is_compiling():  # a write while dynamo traces is a side effect of the graph
+                    if len(memo) >= maxsize:
+                        memo.clear()
+                    memo[args] = result
             return result  # type: ignore[no-any-return]
 
         return cached

@@ -21,6 +21,7 @@ import torch
 from conftest import assert_exact, message
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 import foldaxes
 from foldaxes import Distribute, FoldError, distribute
@@ -377,6 +378,15 @@ class TestCaches:
         a, b = x(2, 3, 4), x(2, 3, 5)
         exported = torch.export.export(wrapped, (a, b), strict=True)
         same(exported.module()(a, b), wrapped(a, b))
+
+    def test_strict_export_of_the_functional_pair_with_a_new_pattern(self) -> None:
+        class Model(nn.Module):
+            def forward(self, z: torch.Tensor) -> Any:
+                folded, spec = foldaxes.fold(z, "b t exported_once -> (b t) exported_once")
+                return foldaxes.unfold(folded * 2, spec)
+
+        a = x(2, 3, 4)
+        same(torch.export.export(Model(), (a,), strict=True).module()(a), a * 2)
 
     def test_a_warm_wrapper_compiles_to_the_same_result(self) -> None:
         torch._dynamo.reset()
