@@ -116,17 +116,18 @@ def refuse_torch_features(selection: RowSelection | None, execution: Execution, 
         FoldError: a mask, chunks, checkpointing or ``compute_repeats_once`` was asked for.
     """
     features = [
-        (selection is not None, f"{MASK} and {SAMPLE_LENGTHS}"),
-        (execution.chunk_size is not None, "chunk_size"),
-        (execution.checkpoint, "checkpoint=True"),
-        (execution.compute_repeats_once, "compute_repeats_once=True"),
+        (selection is not None, f"{MASK} and {SAMPLE_LENGTHS}", "work"),
+        (execution.chunk_size is not None, "chunk_size", "works"),
+        (execution.checkpoint, "checkpoint=True", "works"),
+        (execution.compute_repeats_once, "compute_repeats_once=True", "works"),
     ]
-    for asked, feature in features:
+    for asked, feature, verb in features:
         if asked:
             raise fold_error(
-                f"{feature} works on torch tensors only, but this call folds arrays of another library.",
+                f"{feature} {verb} on torch tensors only, but this call folds arrays of another library.",
                 pattern=pattern,
-                hint="Leave it out for arrays, or pass torch tensors (torch.from_numpy(x) shares NumPy's memory).",
+                hint=f"Leave out {feature} for arrays, or pass torch tensors (torch.from_numpy(x) shares NumPy's "
+                "memory).",
             )
 
 

@@ -249,7 +249,7 @@ class CompiledPattern:
             raise fold_error(
                 f"{label} disagrees with {first[1]} on {shown}: {_size_text(size)} here, {_size_text(first[0])} there.",
                 pattern=rule.pattern,
-                span=rule.operand.span("lhs", name),
+                span=rule.operand.span("lhs", ELLIPSIS if name.startswith("(") else name),
                 shapes=[(first[1], first[2]), (label, x.shape)],
                 hint="Every tensor argument must have the same sizes for the folded axes"
                 + ("" if self.single else " and for every axis name operands share")

@@ -40,7 +40,7 @@ def shown(value: object, typed: bool = False) -> str:
     if shape is not None and dtype is not None:
         return f"a {type(value).__name__} of dtype {dtype} and shape {format_shape(shape)}"
     if isinstance(value, list | tuple | set | frozenset | dict) and not all(map(_plain, value)):
-        return f"a {type(value).__name__} of {len(value)} items"
+        return f"a {type(value).__name__} of {len(value)} item{'' if len(value) == 1 else 's'}"
     text = repr(value)
     text = text if len(text) <= 80 else text[:77] + "..."
     return f"{type(value).__name__} ({text})" if typed else text

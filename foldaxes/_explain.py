@@ -273,7 +273,7 @@ def explain_layout(
 
     axes = elementary_axes(plan, example, lengths)
     reason, hint, reordered = why(plan, axes, is_view, example.numel() == 0)
-    recipe = None if reordered is None else view_recipe(pattern, parsed.operands[0], plan, reordered)
+    recipe = None if reordered is None else view_recipe(pattern, parsed.operands[0], plan, reordered, lengths)
     if recipe is not None:
         hint = f"{hint} {recipe} folds without a copy and returns the outputs in the original order."
     members = axes[plan.group[0] : plan.group[1]] if plan.group is not None else []

@@ -319,7 +319,7 @@ class Rule:
     def _rank_error(self, expected: str, ndim: int, label: str, shape: tuple[int, ...]) -> FoldError:
         lhs = " ".join(element_text(element) for element in self.operand.lhs)
         return fold_error(
-            f"{label} has {ndim} dims, but '{lhs}' expects {expected}.",
+            f"{label} has {ndim} dim{'' if ndim == 1 else 's'}, but '{lhs}' expects {expected}.",
             pattern=self.pattern,
             shapes=[(label, shape)],
             hint="Pass a tensor of the rank the pattern describes, or change the pattern "

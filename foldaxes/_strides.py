@@ -79,8 +79,11 @@ def reason(plan: Plan, axes: list[Axis], is_view: bool, empty: bool) -> tuple[st
     return " ".join(clauses), " ".join(hint for hint in hints if hint) or None, reordered
 
 
-def view_recipe(pattern: str, operand: Operand, plan: Plan, reordered: tuple[str, ...]) -> str | None:
-    """``Distribute(...)`` with the folded group written in ``reordered`` order and the ``out=`` that restores it.
+def view_recipe(
+    pattern: str, operand: Operand, plan: Plan, reordered: tuple[str, ...], lengths: Mapping[str, int]
+) -> str | None:
+    """``Distribute(...)`` with the folded group written in ``reordered`` order, the axis ``lengths`` the pattern
+    needs, and the ``out=`` that restores the order.
 
     ``None`` when the group holds axes of ``...``, which a pattern cannot name one by one.
     """
@@ -95,7 +98,8 @@ def view_recipe(pattern: str, operand: Operand, plan: Plan, reordered: tuple[str
     )
     before = " ".join(f"d{i}" for i in range(plan.group_dim))
     out = f"{before} ({' '.join(reordered)}) ... -> {before} {' '.join(group)} ...".strip()
-    return f"Distribute('{lhs} -> {rhs}', module, out='{' '.join(out.split())}')"
+    given = "".join(f", {name}={length}" for name, length in lengths.items())
+    return f"Distribute('{lhs} -> {rhs}', module{given}, out='{' '.join(out.split())}')"
 
 
 def _merges(text: str, members: list[Axis]) -> str:
@@ -177,7 +181,7 @@ def copy_refused(
     """The error for a fold that needs a copy under ``copy=False``: why, and what would fold by a view."""
     axes = elementary_axes(plan, x, lengths)
     why, hint, reordered = reason(plan, axes, False, x.numel() == 0)
-    recipe = None if reordered is None else view_recipe(pattern, operand, plan, reordered)
+    recipe = None if reordered is None else view_recipe(pattern, operand, plan, reordered, lengths)
     advice = [hint or "", f"{recipe} folds without a copy." if recipe else "", "Or leave copy=None to copy."]
     return fold_error(
         f"{label} cannot be folded without a copy, and copy=False forbids one. {why}",

@@ -152,6 +152,17 @@ class TestCopies:
         view, _ = foldaxes.fold(x, "b t d -> (b t) d")
         assert np.shares_memory(view, x)
 
+    def test_copy_true_gives_a_function_arrays_of_its_own(self) -> None:
+        def double(z: np.ndarray) -> np.ndarray:
+            z *= 2  # in place: on a copy, the caller's array is left alone
+            return z
+
+        x = numbers((2, 3, 4), 0)
+        before = x.copy()
+        y = distribute("b t d -> (b t) d", double, copy=True)(x)
+        np.testing.assert_array_equal(x, before)
+        np.testing.assert_array_equal(y, before * 2)
+
 
 class TestErrors:
     @pytest.mark.parametrize(
@@ -194,17 +205,17 @@ class TestErrors:
     @pytest.mark.parametrize(
         ("options", "keywords", "feature"),
         [
-            ({}, {"fold_lengths": [3, 1]}, "fold_mask and fold_lengths"),
-            ({"chunk_size": 2}, {}, "chunk_size"),
-            ({"checkpoint": True}, {}, "checkpoint=True"),
-            ({"compute_repeats_once": True}, {}, "compute_repeats_once=True"),
+            ({}, {"fold_lengths": [3, 1]}, "fold_mask and fold_lengths work"),
+            ({"chunk_size": 2}, {}, "chunk_size works"),
+            ({"checkpoint": True}, {}, "checkpoint=True works"),
+            ({"compute_repeats_once": True}, {}, "compute_repeats_once=True works"),
         ],
         ids=["mask", "chunks", "checkpoint", "repeats"],
     )
     def test_torch_only_features(self, options: dict[str, Any], keywords: dict[str, Any], feature: str) -> None:
         wrapped = distribute("b t d -> (b t) d", lambda z: z, **options)
         text = message(lambda: wrapped(np.zeros((2, 3, 4)), **keywords))
-        assert text.startswith(f"{feature} works on torch tensors only, but this call folds arrays of another library.")
+        assert text.startswith(f"{feature} on torch tensors only, but this call folds arrays of another library.")
 
 
 class TestExplain:

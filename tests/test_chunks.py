@@ -84,6 +84,13 @@ class TestChunksMatchOneCall:
         assert_exact(y["sum"], a * scale + b.transpose(0, 1).sum(-1, keepdim=True))
         assert_exact(y["pair"][0], a.tanh())
 
+    def test_an_operand_that_folds_nothing_goes_whole_to_every_chunk(self) -> None:
+        recorder = Recorder(lambda a, s: a * s.sum())
+        a, s = torch.randn(2, 3, 4), torch.randn(2, 5)
+        y = Distribute("b t x, b s -> (b t) x, b s", recorder, chunk_size=4)(a, s)
+        assert_exact(y, a * s.sum())
+        assert [tuple(args[1].shape) for args, _, _ in recorder.calls] == [(2, 5), (2, 5)]
+
     def test_time_major_lstm_output_at_dim_one(self) -> None:
         lstm = nn.LSTM(4, 3)
         x = torch.randn(2, 3, 5, 4)  # (b, v, t, d), folded to (t, b v, d): the rows are at dim 1

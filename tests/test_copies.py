@@ -121,6 +121,15 @@ class TestCopyFalse:
         text = message(lambda: foldaxes.fold(time_major(2, 3, 3, 5, 5), PATTERN, copy=False))
         assert "Distribute('b t c h w -> (t b) c h w', module, out='(t b) ... -> b t ...') folds without a copy" in text
 
+    def test_the_pattern_that_would_be_a_view_has_the_lengths_it_needs(self) -> None:
+        x = torch.randn(6, 4)
+        text = message(lambda: foldaxes.fold(x, "(t b) c -> (b t) c", b=2, copy=False))
+        assert "Distribute('(t b) c -> (t b) c', module, b=2, out='(t b) ... -> b t ...') folds without a copy" in text
+        recorder = Recorder(lambda z: z * 2)
+        view = Distribute("(t b) c -> (t b) c", recorder, b=2, out="(t b) ... -> b t ...", copy=False)
+        assert torch.equal(view(x), einops.rearrange(x * 2, "(t b) c -> b t c", b=2))
+        assert shares_storage(recorder.inputs[-1], x)
+
     def test_keyword_tensors_too(self) -> None:
         wrapped = Distribute("b t d -> (b t) d", lambda z, mask: z, fold_kwargs={"mask": "b t -> (b t)"}, copy=False)
         mask = torch.ones(3, 2, dtype=torch.bool).transpose(0, 1)
@@ -215,6 +224,12 @@ class TestCopyTrue:
         before = x.clone()
         y = Distribute("b t d -> (b t) d", InPlace(), copy=True)(x, fold_lengths=[3, 1])
         assert torch.equal(x, before) and torch.equal(y[0], before[0] * 2)
+
+    def test_rows_computed_once(self) -> None:
+        image = torch.randn(2, 1, 4)
+        before = image.clone()
+        y = Distribute("b t d -> (b t) d", InPlace(), copy=True, compute_repeats_once=True)(image.expand(2, 3, 4))
+        assert torch.equal(image, before) and torch.equal(y, (before * 2).expand(2, 3, 4))
 
 
 class TestBadCopy:

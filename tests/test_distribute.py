@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import einops
@@ -176,6 +178,30 @@ class TestArguments:
         x = torch.randn(2, 3, 4)
         assert_exact(wrapped(x, mask=None), x)
 
+    def test_keyword_tensors_may_differ_on_the_axes_they_keep(self) -> None:
+        def attend(a: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+            return a * (q.sum(-1) + k.sum(-1))[:, None]
+
+        rules = {"q": "b t s -> (b t) s", "k": "b t s -> (b t) s"}
+        a, q, k = torch.randn(2, 3, 4), torch.randn(2, 3, 5), torch.randn(2, 3, 7)
+        expected = a * (q.sum(-1) + k.sum(-1))[..., None]
+        assert_exact(Distribute("b t c -> (b t) c", attend, fold_kwargs=rules)(a, q=q, k=k), expected)
+
+    def test_outputs_unfold_at_the_folded_dim_of_the_positional_tensor(self) -> None:
+        def fn(a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+            return a * m.sum(0)[:, None]  # m comes as (s, b t): its rows are at dim 1
+
+        a, m = torch.randn(2, 3, 4), torch.randn(2, 3, 5)
+        wrapped = Distribute("b t c -> (b t) c", fn, fold_kwargs={"m": "b t s -> s (b t)"})
+        for _ in range(2):  # the full fold, then the program it recorded
+            assert_exact(wrapped(a, m=m), a * m.sum(-1)[..., None])
+
+    def test_tensor_subclasses_fold_as_dense_tensors(self) -> None:
+        a, b, scale = nn.Parameter(torch.randn(2, 3, 4)), nn.Parameter(torch.randn(2, 3, 4)), torch.randn(2, 3)
+        wrapped = Distribute("b t c -> (b t) c", lambda x, y, s: x * y * s[:, None], fold_kwargs={"s": "b t -> (b t)"})
+        with torch.no_grad():
+            assert_exact(wrapped(a, b, s=nn.Parameter(scale)), a * b * scale[..., None])
+
     def test_any_callable(self) -> None:
         x = torch.randn(2, 3, 4)
         assert_exact(Distribute("b t c -> (b t) c", torch.sigmoid)(x), torch.sigmoid(x))
@@ -335,6 +361,202 @@ class TestOutputs:
         x = torch.randn(3, 6, 6)
         y, extra = Distribute("c h w -> () c h w", lambda a: (conv(a), conv(a).sum((2, 3))))(x)
         assert y.shape == (2, 4, 4) and extra.shape == (2,)
+
+    @pytest.mark.parametrize(
+        ("pattern", "out", "reference"),
+        [
+            ("b ... c -> (b ...) c", "(b n) c -> n b c", "b x y z c -> (x y z) b c"),
+            ("... t c -> (... t) c", "(n t) c -> t n c", "x y z t c -> t (x y z) c"),
+            ("b ... t c -> (b ... t) c", "(b n t) c -> t b n c", "b x y t c -> t b (x y) c"),
+        ],
+        ids=["axis-before", "axis-after", "axes-around"],
+    )
+    def test_out_binds_the_named_axes_around_an_ellipsis_in_the_group(
+        self, pattern: str, out: str, reference: str
+    ) -> None:
+        x = torch.randn(2, 3, 4, 5, 6)
+        wrapped = Distribute(pattern, lambda a: a * 2, out=out)
+        for _ in range(2):  # the full unfold, then the program it recorded
+            assert_exact(wrapped(x), einops.rearrange(x * 2, reference))
+
+    @pytest.mark.parametrize(
+        ("make", "out", "expected"),
+        [
+            (
+                lambda z: (Pair(z, z.sum(-1)), z),
+                (("(b t) c -> t b c", None), "(b t) c -> b t c"),
+                lambda x: (Pair(x.transpose(0, 1), x.flatten(0, 1).sum(-1)), x),
+            ),
+            (
+                lambda z: (z, [z * 2, z.sum(-1)]),
+                (None, ["(b t) c -> c b t", "(b t) -> t b"]),
+                lambda x: (x.flatten(0, 1), [(x * 2).permute(2, 0, 1), x.sum(-1).transpose(0, 1)]),
+            ),
+            (
+                lambda z: ({"a": z, "s": z.sum(-1)}, z),
+                ({"s": "(b t) -> t b", "a": None}, "(b t) c -> b t c"),
+                lambda x: ({"s": x.sum(-1).transpose(0, 1), "a": x.flatten(0, 1)}, x),
+            ),
+        ],
+        ids=["namedtuple-in-a-tuple", "list-in-a-tuple", "dict-in-a-tuple"],
+    )
+    def test_nested_out_structures_are_rebuilt_as_the_output(self, make: Any, out: Any, expected: Any) -> None:
+        x = torch.randn(2, 3, 4)
+        wrapped = Distribute("b t c -> (b t) c", make, out=out)
+        for _ in range(2):  # the full unfold, then the program it recorded
+            y = wrapped(x)
+            assert_exact(y, expected(x))
+            if isinstance(y[0], dict):
+                assert list(y[0]) == ["s", "a"]  # in out='s order
+
+
+def arange(*shape: int) -> torch.Tensor:
+    return torch.arange(float(math.prod(shape))).reshape(shape)
+
+
+def per_chunk_batch_norm(rows: torch.Tensor, size: int) -> torch.Tensor:
+    """A fresh BatchNorm1d in training mode, applied to each ``size`` rows on their own (the reference)."""
+    parts = [(r - r.mean(0)) / (r.var(0, unbiased=False) + 1e-5).sqrt() for r in rows.split(size)]
+    return torch.cat(parts)
+
+
+class Option(NamedTuple):
+    """An option that changes what a call returns: the wrapper's keywords, a fresh module, a call, and the result.
+
+    ``call(wrapped, module)`` returns what the option shows; ``expected()`` is that, computed without foldaxes.
+    """
+
+    pattern: str
+    options: dict[str, Any]
+    module: Callable[[], Any]
+    call: Callable[[Any, Any], Any]
+    expected: Callable[[], Any]
+
+
+class Square(nn.Module):
+    """Squares its input, counting its calls as they start (a recomputation may stop before it returns)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return z * z  # saves z for the backward pass, which recomputes it under checkpointing
+
+
+def checkpointed_calls(wrapped: Any, module: Square) -> int:
+    wrapped(arange(2, 3, 4).requires_grad_()).sum().backward()
+    calls, module.calls = module.calls, 0
+    return calls  # the forward call, and its recomputation in the backward pass
+
+
+def copied(wrapped: Any, module: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    x = arange(2, 3, 4)
+    return wrapped(x), x
+
+
+OPTIONS = {
+    "out": Option(
+        "b t d -> (b t) d",
+        {"out": "(b t) d -> t b d"},
+        lambda: lambda z: z * 2,
+        lambda wrapped, _: wrapped(arange(2, 3, 4)),
+        lambda: arange(2, 3, 4).transpose(0, 1) * 2,
+    ),
+    "fold-kwargs": Option(
+        "b t d -> (b t) d",
+        {"fold_kwargs": {"scale": "b t -> (b t)"}},
+        lambda: lambda z, scale: z * scale[:, None],
+        lambda wrapped, _: wrapped(arange(2, 3, 4), scale=arange(2, 3)),
+        lambda: arange(2, 3, 4) * arange(2, 3)[..., None],
+    ),
+    "chunk-size": Option(
+        "b t d -> (b t) d",
+        {"chunk_size": 4},
+        lambda: lambda z: z + z.shape[0],  # each row shows how many rows its call had
+        lambda wrapped, _: wrapped(arange(2, 3, 4)),
+        lambda: arange(2, 3, 4) + torch.tensor([[4.0, 4, 4], [4, 2, 2]])[..., None],
+    ),
+    "checkpoint": Option(
+        "b t d -> (b t) d",
+        {"checkpoint": True},
+        Square,
+        checkpointed_calls,
+        lambda: 2,
+    ),
+    "fill-value": Option(
+        "b t d -> (b t) d",
+        {"fill_value": -1.0},
+        lambda: lambda z: z * 2,
+        lambda wrapped, _: wrapped(arange(2, 3, 4), fold_lengths=[3, 1]),
+        lambda: torch.where(torch.tensor([[1, 1, 1], [1, 0, 0]]).bool()[..., None], arange(2, 3, 4) * 2, -1.0),
+    ),
+    "allow-batch-statistics": Option(
+        "b t d -> (b t) d",
+        {"chunk_size": 3, "allow_batch_statistics": True},
+        lambda: nn.BatchNorm1d(4),
+        lambda wrapped, _: wrapped(arange(2, 3, 4) ** 2),
+        lambda: per_chunk_batch_norm(arange(6, 4) ** 2, 3).unflatten(0, (2, 3)),
+    ),
+    "compute-repeats-once": Option(
+        "b t d -> (b t) d",
+        {"compute_repeats_once": True},
+        lambda: lambda z: z + z.shape[0],  # each row shows how many rows its call had
+        lambda wrapped, _: wrapped(arange(2, 1, 4).expand(2, 3, 4)),
+        lambda: arange(2, 1, 4).expand(2, 3, 4) + 2,
+    ),
+    "copy": Option(
+        "b t d -> (b t) d",
+        {"copy": True},
+        lambda: lambda z: z.mul_(2),  # in place: on a copy, the caller's tensor is left alone
+        copied,
+        lambda: (arange(2, 3, 4) * 2, arange(2, 3, 4)),
+    ),
+    "axes-lengths": Option(
+        "b (t v) d -> (b t v) d",
+        {"v": 2},
+        lambda: lambda z: z * 2,
+        lambda wrapped, _: wrapped(arange(2, 6, 4)),
+        lambda: arange(2, 6, 4).unflatten(1, (3, 2)) * 2,
+    ),
+}
+
+
+def time_distributed(pattern: str, module: Any, **options: Any) -> Any:
+    assert pattern == "b t d -> (b t) d"  # TimeDistributed(batch_first=True) folds as this pattern does
+    return TimeDistributed(module, True, **options)
+
+
+FORMS = {
+    "class": lambda pattern, module, **options: Distribute(pattern, module, **options),
+    "factory": lambda pattern, module, **options: Distribute(pattern, **options)(module),
+    "time-distributed": time_distributed,
+    "function": lambda pattern, module, **options: foldaxes.distribute(pattern, module, **options),
+    "decorator": lambda pattern, module, **options: foldaxes.distribute(pattern, **options)(module),
+}
+
+
+class TestEveryOptionInEveryForm:
+    @pytest.mark.parametrize(
+        ("option", "form"),
+        [
+            pytest.param(option, form, id=f"{option}-{form}")
+            for option in OPTIONS
+            for form in FORMS
+            if not (form == "time-distributed" and OPTIONS[option].pattern != "b t d -> (b t) d")
+        ],
+    )
+    def test_the_option_takes_effect(self, option: str, form: str) -> None:
+        pattern, options, make, call, expected = OPTIONS[option]
+        module = make()
+        wrapped = FORMS[form](pattern, module, **options)
+        for _ in range(2):  # a first call, and one that may take a recorded program
+            result = call(wrapped, module)
+            if isinstance(result, int):
+                assert result == expected()
+            else:
+                assert_exact(result, expected())
 
 
 class TestFactoryAndFunctions:

@@ -165,6 +165,17 @@ class TestOneCopyWhenAsked:
         assert recorder.rows == [2]
         assert_exact(y, a * scale)
 
+    def test_after_a_dense_call_of_the_same_structure(self) -> None:
+        recorder = Recorder(lambda a, b: a * b)
+        wrapped = Distribute("b t d -> (b t) d", recorder, **ONCE)
+        a, b = torch.randn(2, 3, 4), torch.randn(2, 1, 4)
+        for _ in range(2):
+            assert_exact(wrapped(a, b.expand(2, 3, 4)), a * b)  # a varies along t: every row is computed
+        recorder.calls.clear()
+        for _ in range(2):
+            assert_exact(wrapped(a[:, :1].expand(2, 3, 4), b.expand(2, 3, 4)), (a[:, :1] * b).expand(2, 3, 4))
+        assert recorder.rows == [2, 2]
+
     def test_nested_outputs_and_chunks(self) -> None:
         recorder = Recorder(lambda z: {"z": z, "n": (z.norm(dim=-1), "label")})
         x = torch.randn(3, 1, 4).expand(3, 8, 4)

@@ -93,6 +93,40 @@ class TestTheNote:
             "  The module ran on part of the folded rows at a time: chunk_size=4 runs it on that many rows at a time."
         )
 
+    def test_valid_rows_only(self) -> None:
+        error = raised(lambda: Distribute("b t d -> (b t) d", boom)(torch.zeros(2, 3, 4), fold_lengths=[3, 1]), Boom)
+        assert notes(error)[0].splitlines()[-1] == (
+            "  The module ran on part of the folded rows at a time: fold_mask / fold_lengths runs it on the valid rows "
+            "only."
+        )
+
+    @pytest.mark.parametrize(
+        ("options", "more"),
+        [
+            ({}, []),
+            (
+                {"chunk_size": 2},
+                [
+                    "  The module ran on part of the folded rows at a time: chunk_size=2 runs it on that many rows "
+                    "at a time."
+                ],
+            ),
+        ],
+        ids=["once", "chunks"],
+    )
+    def test_jagged_frames(self, options: dict[str, Any], more: list[str]) -> None:
+        wrapped = Distribute("b t d -> (b t) d", boom, fold_kwargs={"scale": "b t d -> (b t) d"}, **options)
+        x = jagged([3, 1], 4)
+        scale = torch.nested.nested_tensor_from_jagged(torch.ones(4, 1), x.offsets())
+        error = raised(lambda: wrapped(x, scale=scale, bias=torch.zeros(2, 5)), Boom)
+        ragged = str(x.shape[1])  # torch's name for the ragged size
+        assert notes(error)[0].splitlines()[1:] == [
+            f"  argument 0: shape (2, {ragged}, 4) -> (4, 4)",
+            f"  keyword argument 'scale': shape (2, {ragged}, 1) -> (4, 1)",
+            "  keyword argument 'bias': shape (2, 5), passed unfolded",
+            *more,
+        ]
+
 
 class TestEveryPath:
     @pytest.mark.parametrize(

@@ -466,11 +466,11 @@ class TestCaches:
     def test_per_rank_caches_stay_bounded(self) -> None:
         """A wrapper called at more ranks than its caches hold keeps at most 64 plans and 64 fast-path spans."""
         wrapped = Distribute("... c -> (...) c", nn.Identity())
+        caller = wrapped._caller
         for rank in range(1, 101):
             wrapped(torch.zeros(*[1] * rank))
-        caller = wrapped._caller
-        assert 0 < len(caller.pattern.rules[0]._plans) <= 64
-        assert 0 < len(caller._flatten_spans) <= 64
+            assert 0 < len(caller.pattern.rules[0]._plans) <= 64
+            assert 0 < len(caller._flatten_spans) <= 64
 
     def test_plans_are_reused(self) -> None:
         """A second call at the same rank builds no plan."""
@@ -483,6 +483,26 @@ class TestCaches:
             wrapped(torch.zeros(shape))
             wrapped(torch.zeros(shape), torch.zeros(shape))
         assert built == [3]
+
+    @pytest.mark.parametrize(
+        "make",
+        [lambda: torch.randn(2, 3, 4), lambda: torch.randn(2, 3, 8)[..., ::2]],
+        ids=["contiguous", "inner-crop"],
+    )
+    def test_the_fast_path_looks_up_its_flatten_once_per_rank(
+        self, make: Callable[[], torch.Tensor], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """One tensor whose fold is a view: the full fold never runs, and the plan is asked once per rank."""
+        wrapped = Distribute("b t c -> (b t) c", lambda z: z * 2)
+        pattern = wrapped._caller.pattern
+        rule, calls = pattern.rules[0], []
+        plan, fold = rule.plan, pattern.fold
+        monkeypatch.setattr(rule, "plan", lambda *a: calls.append("plan") or plan(*a))
+        monkeypatch.setattr(pattern, "fold", lambda *a: calls.append("fold") or fold(*a))
+        for _ in range(3):
+            x = make()
+            assert torch.equal(wrapped(x), x * 2)
+        assert calls == ["plan"]
 
     @pytest.mark.usefixtures("float64")
     def test_more_ranks_than_the_plan_cache_holds(self) -> None:

@@ -25,6 +25,7 @@ from torch import nn
 
 import foldaxes
 from foldaxes import Distribute, FoldError, distribute
+from foldaxes._compiled import CompiledPattern
 
 
 class Switch:
@@ -96,6 +97,11 @@ ERROR_CASES = {
         lambda w: w(x(2, 3, 4), x(2, 3, 4), mask=x(2, 3)),
         lambda w: w(x(2, 3, 4), x(2, 3, 4), mask=[1, 2]),
     ),
+    "keyword-disagrees-with-a-second-operand": Case(
+        lambda: Distribute(TWO, lambda a, b, m: a, fold_kwargs={"m": "b t e -> (b t) e"}),
+        lambda w: w(x(2, 3, 4), x(2, 3, 5), m=x(2, 3, 5)),
+        lambda w: w(x(2, 3, 4), x(2, 3, 5), m=x(2, 3, 6)),
+    ),
     "keyword-disagrees": Case(
         lambda: Distribute("b t d -> (b t) d", lambda a, b, mask: a, fold_kwargs={"mask": "b t -> (b t)"}),
         lambda w: w(x(2, 3, 4), x(2, 3, 4), mask=x(2, 3)),
@@ -123,6 +129,26 @@ ERROR_CASES = {
     ),
     "output-rank": Case(
         switched("b t d -> (b t) d", lambda z: {"z": z}, lambda z: {"z": z[0]}),
+        lambda w: w(x(2, 3, 4)),
+        lambda w: flip(w)(x(2, 3, 4)),
+    ),
+    "output-rows-beside-a-plain-value": Case(
+        switched("b t d -> (b t) d", lambda z: (z, "label"), lambda z: (z[1:], "label")),
+        lambda w: w(x(2, 3, 4)),
+        lambda w: flip(w)(x(2, 3, 4)),
+    ),
+    "output-ending-before-the-folded-dim": Case(
+        switched("b t d -> b (t) d", lambda z: (z, "label"), lambda z: (z[:, 0, 0], "label")),
+        lambda w: w(x(2, 3, 4)),
+        lambda w: flip(w)(x(2, 3, 4)),
+    ),
+    "second-output-ending-before-the-folded-dim": Case(
+        switched("b t d -> b (t) d", lambda z: (z, z), lambda z: (z, z[:, 0, 0])),
+        lambda w: w(x(2, 3, 4)),
+        lambda w: flip(w)(x(2, 3, 4)),
+    ),
+    "out-pattern-rank": Case(
+        switched("b t d -> (b t) d", lambda z: (z,), lambda z: (z[..., None],), out="(b t) d -> t b d"),
         lambda w: w(x(2, 3, 4)),
         lambda w: flip(w)(x(2, 3, 4)),
     ),
@@ -171,6 +197,12 @@ class TestErrorsOnAHit:
             if isinstance(wrapped.module, Switch):
                 wrapped.module.failing = False
 
+    def test_an_error_after_the_fold_is_raised_again(self) -> None:
+        """The first call records its program before the rows are chunked; the program's call must still refuse."""
+        wrapped = Distribute("b t d, b s e -> (b t) d, (b s) e", lambda a, b: a, chunk_size=2)
+        expected = message(lambda: wrapped(x(2, 3, 4), x(2, 5, 4)))
+        assert message(lambda: wrapped(x(2, 3, 4), x(2, 5, 4))) == expected
+
     def test_strided_nested_tensor_after_dense(self) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torch's "prototype" notice
@@ -215,6 +247,12 @@ class TestOtherPathsAfterAHit:
         for shape in [(2, 3, 4), (2, 3, 5, 4), (6, 4), (2, 3, 4), (2, 3, 5, 4), (7, 2, 1, 1, 4)]:
             a, b = x(*shape), x(*shape)
             assert_exact(wrapped(a, b), a - b)
+
+    def test_a_keyword_that_folds_no_group_never_carries_the_rows(self) -> None:
+        wrapped = Distribute(TWO, lambda a, b, m: a * 2, fold_kwargs={"m": "b s -> b s"})
+        a, b, m = x(2, 3, 4), x(2, 3, 5), x(2, 7)
+        for _ in range(3):
+            assert_exact(wrapped(a, b, m=m), a * 2)
 
 
 class Pair(NamedTuple):
@@ -316,6 +354,72 @@ class TestOutputsOnAHit:
         for _ in range(3):
             same(wrapped(a), expected)
 
+    @pytest.mark.parametrize(
+        ("out", "returns"),
+        [
+            (
+                None,
+                [
+                    lambda z: (z, "x"),
+                    lambda z: (None, "x"),  # a tensor's place holds something else
+                    lambda z: [z, "x"],  # another container
+                    lambda z: (z, "x", "y"),  # another length
+                    lambda z: (z, None),
+                    lambda z: (z, z),  # a tensor where None was
+                    lambda z: (z, None),  # None where a tensor was, beside a tensor
+                    lambda z: {"a": z, "b": z},
+                    lambda z: {"a": z, "b": None},
+                ],
+            ),
+            ("(b t) d -> t b d", [lambda z: (z,), lambda z: (None,), lambda z: (z * 2,)]),
+            ("(b t) d -> b t d", [lambda z: (z,), lambda z: (None,), lambda z: (z * 2,)]),
+        ],
+        ids=["default", "out-rearranges", "out-splits"],
+    )
+    def test_each_output_comes_back_as_the_full_path_gives_it(
+        self, out: str | None, returns: list[Callable[[torch.Tensor], Any]]
+    ) -> None:
+        """Every output is returned twice in a row, so that the second one meets the program the first recorded."""
+        module = Switch(returns[0], returns[0])
+        wrapped = Distribute("b t d -> (b t) d", module, out=out)
+        a = x(2, 3, 4)
+        for make in returns:
+            module.good = make
+            expected = Distribute("b t d -> (b t) d", make, out=out)(a)  # a new wrapper: the full path
+            for _ in range(2):
+                same(wrapped(a), expected)
+
+    @pytest.mark.parametrize(
+        ("out", "lengths", "reference"),
+        [
+            ("(g c) (b t) -> g c b t", {"g": 2}, "(b t) (g c) -> g c b t"),
+            ("n (g c) -> n g c", {"g": 3}, "n (g c) -> n g c"),
+            ("n c -> c n", {}, "n c -> c n"),
+        ],
+        ids=["two-splits", "a-split-of-other-axes", "no-split"],
+    )
+    def test_out_patterns_that_split_other_axes_or_none(
+        self, out: str, lengths: dict[str, int], reference: str
+    ) -> None:
+        a = x(2, 3, 6)
+        module = (lambda z: z.transpose(0, 1)) if out.startswith("(g c)") else (lambda z: z)
+        wrapped = Distribute("b t d -> (b t) d", lambda z: (module(z), "label"), out=(out, None), **lengths)
+        for _ in range(3):
+            y, label = wrapped(a)
+            assert label == "label"
+            named = {name: size for name, size in {"b": 2, "t": 3, **lengths}.items() if name in reference.split()}
+            assert torch.equal(y, einops.rearrange(a.flatten(0, 1), reference, **named))
+
+    def test_a_unit_group_is_squeezed(self) -> None:
+        a = x(3, 1, 4)  # one more unit dim, which stays
+        wrapped = Distribute("c h w -> () c h w", lambda z: (z * 2, {"z": z, "label": "x"}))
+        for _ in range(3):
+            y, rest = wrapped(a)
+            assert torch.equal(y, a * 2) and torch.equal(rest["z"], a) and rest["label"] == "x"
+        pair = Distribute("c h w -> () c h w", lambda z: (z * 2, z))
+        for _ in range(3):
+            same(pair(a), (a * 2, a))
+
     def test_out_structures_come_back_in_out_order(self) -> None:
         a = x(2, 3, 4)
         out = {"b": "(b t) d -> t b d", "a": None}
@@ -340,17 +444,79 @@ class TestProgramsAreUsed:
         wrapped(x(2, 3, 4), x(2, 3, 5), "another structure")
         assert calls == ["fold", "unfold", "fold", "unfold"]
 
+    def test_a_structure_keeps_the_programs_of_four_ranks_and_structures_their_own(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        wrapped = Distribute("... d -> (...) d", lambda *a: a[0])
+        pattern = wrapped._caller.pattern
+        calls: list[str] = []
+        fold = pattern.fold
+        monkeypatch.setattr(pattern, "fold", lambda *a: calls.append("fold") or fold(*a))
+        shapes = [(2, 4), (2, 3, 4), (2, 3, 1, 4), (2, 1, 3, 1, 4)]
+        for _ in range(3):
+            for shape in shapes:
+                wrapped(x(*shape), x(*shape))  # one structure, four ranks
+                wrapped(x(*shape), x(*shape), x(*shape))  # another structure
+        assert calls == ["fold"] * 8
+
+    def test_an_output_no_program_can_unfold_is_examined_once(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        recorded: list[Any] = []
+        record = foldaxes._call.record_outputs
+        monkeypatch.setattr(foldaxes._call, "record_outputs", lambda *a: recorded.append(1) or record(*a))
+        wrapped = Distribute(TWO, lambda a, b: (a, frozenset({"label"})))
+        for _ in range(3):
+            wrapped(x(2, 3, 4), x(2, 3, 5))
+        assert recorded == [1]
+
+    def test_a_structure_with_a_keyword_tensor_too(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        wrapped = Distribute(
+            TWO, lambda a, b, m=None: a if m is None else a * m[:, None], fold_kwargs={"m": "b t -> (b t)"}
+        )
+        pattern = wrapped._caller.pattern
+        calls: list[str] = []
+        fold = pattern.fold
+        monkeypatch.setattr(pattern, "fold", lambda *a: calls.append("fold") or fold(*a))
+        a, m = x(2, 3, 4), x(2, 3)
+        for _ in range(3):
+            assert_exact(wrapped(a, x(2, 3, 5), m=m), a * m[..., None])
+        assert calls == ["fold"]
+        for _ in range(3):  # the keyword left out: the same structure, another program
+            assert_exact(wrapped(a, x(2, 3, 5), m=None), a)
+        assert_exact(wrapped(a, x(2, 3, 5), m=m), a * m[..., None])  # the newest program does not fit: the first
+        assert calls == ["fold", "fold"]
+
+    def test_the_function_form_with_a_plain_value(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        calls: list[str] = []
+        fold = CompiledPattern.fold
+        monkeypatch.setattr(CompiledPattern, "fold", lambda *a: calls.append("fold") or fold(*a))
+        scaled = distribute("b t d -> (b t) d", lambda z, k: z * k)
+        for _ in range(3):
+            a = x(2, 3, 4)
+            assert_exact(scaled(a, 5), a * 5)
+        assert calls == ["fold"]
+
+    @pytest.mark.parametrize(
+        "make", [lambda: x(2, 3, 4), lambda: x(2, 3, 8)[..., ::2]], ids=["contiguous", "inner-crop"]
+    )
+    def test_views_stay_views(self, make: Callable[[], torch.Tensor]) -> None:
+        seen: list[torch.Tensor] = []
+        wrapped = Distribute(TWO, lambda a, b: seen.append(a) or a)
+        for _ in range(3):
+            a = make()
+            wrapped(a, x(2, 3, 5))
+            assert seen[-1].data_ptr() == a.data_ptr() and seen[-1].stride() == (a.stride(1), a.stride(2))
+
 
 class TestCaches:
     def test_bounded(self) -> None:
         wrapped = Distribute("... d -> (...) d", lambda *a: (a[0],))
+        caller = wrapped._caller
         for count in range(1, 80):  # 79 structures: a tensor and count - 1 plain values
             wrapped(x(2, 4), *range(count - 1))
+            assert 0 < len(caller._inputs) <= 64 and 0 < len(caller._outputs) <= 64
         for rank in range(2, 9):  # 7 ranks of one structure
             wrapped(x(*[1] * rank), x(*[1] * rank))
-        caller = wrapped._caller
-        assert 0 < len(caller._inputs) <= 64 and 0 < len(caller._outputs) <= 64
-        assert all(len(programs) <= 4 for programs in caller._inputs.values())
+            assert all(len(programs) <= 4 for programs in caller._inputs.values())
 
     def test_programs_keep_no_tensor_alive(self) -> None:
         """A program records the structure of a call, not its tensors: they are freed once the caller drops them."""
@@ -371,6 +537,17 @@ class TestCaches:
         a, b = x(2, 3, 4), x(2, 3, 5)
         assert_exact(compiled(a, b), (a, b))
         assert wrapped._caller._inputs == {} and wrapped._caller._outputs == {}
+
+    # torch 2.13 deprecates jit.trace itself; the size checks read traced sizes (a TracerWarning each).
+    @pytest.mark.filterwarnings(r"ignore:`torch\.jit\.trace(_method)?` is deprecated:DeprecationWarning")
+    @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+    def test_nothing_is_recorded_while_jit_traces(self) -> None:
+        """jit.trace's check traces again and compares: a program written by the first trace would change the second."""
+        wrapped = Distribute(TWO, lambda a, b: (a * 2, {"b": b}))
+        a, b = x(2, 3, 4), x(2, 3, 5)
+        traced = torch.jit.trace(wrapped, (a, b), strict=False, check_trace=False)  # the check's eager run records
+        assert wrapped._caller._inputs == {} and wrapped._caller._outputs == {}
+        same(traced(a, b), (a * 2, {"b": b}))
 
     def test_strict_export_of_a_cold_wrapper_has_no_side_effects(self) -> None:
         """Nothing is cached while dynamo traces: strict export warns of any write, and warnings fail the tests."""

@@ -101,6 +101,13 @@ class TestJaggedMatchesTheLoop:
             assert_exact(y.values(), a.values().sum(-1, keepdim=True) * other.values())
             assert y.offsets() is a.offsets()
 
+    def test_a_jagged_keyword_tensor(self) -> None:
+        nt = jagged([2, 3], 4)
+        wrapped = Distribute("b t d -> (b t) d", lambda *, x: x * 2, fold_kwargs={"x": "b t d -> (b t) d"})
+        y = wrapped(x=nt)
+        assert_exact(y.values(), nt.values() * 2)
+        assert y.offsets() is nt.offsets()
+
     def test_chunked(self) -> None:
         recorder = Recorder(nn.Linear(4, 3))
         nt = jagged([3, 0, 4], 4)
