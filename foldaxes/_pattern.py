@@ -106,7 +106,8 @@ def parse_pattern(text: str, known: frozenset[str] = frozenset()) -> Pattern:
     left_parts, right_parts = left.split(","), right.split(",")
     if len(left_parts) != len(right_parts):
         raise fold_error(
-            f"The pattern has {len(left_parts)} operand(s) left of '->' but {len(right_parts)} right of it.",
+            f"The pattern has {len(left_parts)} operand{'' if len(left_parts) == 1 else 's'} left of '->' but "
+            f"{len(right_parts)} right of it.",
             pattern=text,
             hint="Give one comma-separated expression per tensor on each side.",
         )
@@ -161,9 +162,11 @@ def _parse_operand(
     only_right = sorted(rhs.identifiers - lhs.identifiers, key=str)
     if only_left or only_right:
         side, name = ("lhs", only_left[0]) if only_left else ("rhs", only_right[0])
-        shown = ", ".join("..." if n == ELLIPSIS else str(n) for n in only_left + only_right)
+        one_sided = only_left + only_right
+        shown = ", ".join("..." if n == ELLIPSIS else str(n) for n in one_sided)
         raise fail(
-            f"Axes must appear on both sides of '->', but {shown} appear(s) on one side only",
+            f"Axes must appear on both sides of '->', but {shown} appear{'s' if len(one_sided) == 1 else ''} on one "
+            "side only",
             str(name),
             side,
             hint="A fold only moves axes: every axis on the left must be placed on the right, and no new ones.",

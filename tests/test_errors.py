@@ -27,10 +27,10 @@ class TestBadPatterns:
         [
             ("b t c h w", {}, "exactly one '->'"),
             ("b t c -> (b t) c -> b t c", {}, "exactly one '->'"),
-            ("b t, c -> (b t c)", {}, "2 operand(s) left of '->' but 1"),
+            ("b t, c -> (b t c)", {}, "2 operands left of '->' but 1"),
             ("b t c -> ((b t)) c", {}, "one-level"),
             ("b t c! -> (b t) c", {}, "Unknown character"),
-            ("b t c -> (b t) c d", {}, "d appear(s) on one side only"),
+            ("b t c -> (b t) c d", {}, "d appears on one side only"),
             ("b t 2 -> (b t) 2", {}, "cannot be written as numbers"),
             ("b (t ...) -> (b t) ...", {}, "'...' cannot stand inside parentheses"),
             ("b b c -> (b b) c", {}, "duplicate dimension"),

@@ -118,8 +118,15 @@ PATTERNS = [
     case(
         "operand-count",
         lambda: Distribute("b t, c -> (b t c)", nn.Identity()),
-        "The pattern has 2 operand(s) left of '->' but 1 right of it.",
+        "The pattern has 2 operands left of '->' but 1 right of it.",
         "  pattern: b t, c -> (b t c)",
+        "  Give one comma-separated expression per tensor on each side.",
+    ),
+    case(
+        "one-operand-left-two-right",
+        lambda: Distribute("b t c -> (b t) c, b", nn.Identity()),
+        "The pattern has 1 operand left of '->' but 2 right of it.",
+        "  pattern: b t c -> (b t) c, b",
         "  Give one comma-separated expression per tensor on each side.",
     ),
     case(
@@ -153,7 +160,7 @@ PATTERNS = [
     case(
         "axis-only-on-the-left",
         lambda: Distribute("b t c d -> (b t) c", nn.Identity()),
-        "Axes must appear on both sides of '->', but d appear(s) on one side only in operand 0 ('b t c d -> (b t) c').",
+        "Axes must appear on both sides of '->', but d appears on one side only in operand 0 ('b t c d -> (b t) c').",
         "  pattern: b t c d -> (b t) c",
         "                 ^",
         "  A fold only moves axes: every axis on the left must be placed on the right, and no new ones.",
@@ -161,7 +168,7 @@ PATTERNS = [
     case(
         "axis-only-on-the-right",
         lambda: Distribute("b t c -> (b t) c d", nn.Identity()),
-        "Axes must appear on both sides of '->', but d appear(s) on one side only in operand 0 ('b t c -> (b t) c d').",
+        "Axes must appear on both sides of '->', but d appears on one side only in operand 0 ('b t c -> (b t) c d').",
         "  pattern: b t c -> (b t) c d",
         "                            ^",
         "  A fold only moves axes: every axis on the left must be placed on the right, and no new ones.",
@@ -169,15 +176,24 @@ PATTERNS = [
     case(
         "axis-only-on-the-right-of-operand-1",
         lambda: Distribute("b t c, b t d -> (b t) c, (b t) d e", nn.Identity()),
-        "Axes must appear on both sides of '->', but e appear(s) on one side only in operand 1 ('b t d -> (b t) d e').",
+        "Axes must appear on both sides of '->', but e appears on one side only in operand 1 ('b t d -> (b t) d e').",
         "  pattern: b t c, b t d -> (b t) c, (b t) d e",
         "                                            ^",
         "  A fold only moves axes: every axis on the left must be placed on the right, and no new ones.",
     ),
     case(
+        "two-axes-one-sided",
+        lambda: Distribute("b t c d -> (b t) c e", nn.Identity()),
+        "Axes must appear on both sides of '->', but d, e appear on one side only in operand 0 "
+        "('b t c d -> (b t) c e').",
+        "  pattern: b t c d -> (b t) c e",
+        "                 ^",
+        "  A fold only moves axes: every axis on the left must be placed on the right, and no new ones.",
+    ),
+    case(
         "ellipsis-only-on-the-left",
         lambda: Distribute("b t ... -> (b t)", nn.Identity()),
-        "Axes must appear on both sides of '->', but ... appear(s) on one side only in operand 0 ('b t ... -> (b t)').",
+        "Axes must appear on both sides of '->', but ... appears on one side only in operand 0 ('b t ... -> (b t)').",
         "  pattern: b t ... -> (b t)",
         "               ^^^",
         "  A fold only moves axes: every axis on the left must be placed on the right, and no new ones.",
@@ -273,7 +289,7 @@ OPTIONS = [
     case(
         "out-axis-only-on-the-left",
         lambda: Distribute("b t c -> (b t) c", nn.Identity(), out="(b t) c d -> b t c"),
-        "In out=: Axes must appear on both sides of '->', but d appear(s) on one side only in operand 0 "
+        "In out=: Axes must appear on both sides of '->', but d appears on one side only in operand 0 "
         "('(b t) c d -> b t c').",
         "  pattern: (b t) c d -> b t c",
         "                   ^",
