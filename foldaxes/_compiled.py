@@ -212,7 +212,7 @@ class CompiledPattern:
                 return positions
         elif len(positions) == len(self.rules):
             return positions
-        raise _count_error(self, args, kwargs, positions, xp)
+        raise _count_error(self, args, kwargs, positions)
 
     def _fold_one(
         self,
@@ -321,10 +321,14 @@ def keyword_pattern(group_axes: tuple[str, ...] | None) -> str | None:
 
 
 def _count_error(
-    pattern: CompiledPattern, args: Sequence[Any], kwargs: Mapping[str, Any], positions: list[int], xp: Any = None
+    pattern: CompiledPattern, args: Sequence[Any], kwargs: Mapping[str, Any], positions: list[int]
 ) -> Exception:
     given = f"the positional arguments are ({', '.join(type(arg).__name__ for arg in args)})" if args else ""
-    unlisted = [name for name, v in kwargs.items() if _is_operand(v, xp) and name not in pattern.kwarg_rules]
+    unlisted = [  # arrays too: an array keyword alone leaves the call without a library to fold with
+        name
+        for name, v in kwargs.items()
+        if (isinstance(v, torch.Tensor) or namespace(v) is not None) and name not in pattern.kwarg_rules
+    ]
     listed = [name for name in pattern.kwarg_rules if kwargs.get(name) is not None]
     if not pattern.single:
         count = "1 positional tensor came" if len(positions) == 1 else f"{len(positions)} positional tensors came"
@@ -344,8 +348,9 @@ def _count_error(
     else:
         what = "The pattern needs at least one tensor to fold, but none came" + (f": {given}" if given else "")
         if unlisted:
-            what += f"{', and' if given else ':'} the keyword tensors {', '.join(map(repr, unlisted))} are not "
-            what += "named in fold_kwargs"
+            tensors = "tensor" if len(unlisted) == 1 else "tensors"
+            what += f"{', and' if given else ':'} the keyword {tensors} {', '.join(map(repr, unlisted))} "
+            what += f"{'is' if len(unlisted) == 1 else 'are'} not named in fold_kwargs"
         suggested = keyword_pattern(pattern.group_axes)
         hint = (
             f"Keyword tensors are folded only when named in fold_kwargs, for example fold_kwargs="

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ._chunks import Rows, run_rows
-from ._errors import fold_error
+from ._errors import fold_error, format_shape
 from ._execution import Execution, why_partial
 from ._guards import check_batch_statistics
 from ._masks import MASK, SAMPLE_LENGTHS
@@ -109,7 +109,7 @@ def _shared_layout(arguments: Sequence[TensorArgument]) -> _JaggedLayout:
         if rule.plan(x, label).flatten_only != (0, 1) or ragged != [1]:
             raise _unsupported(
                 rule.pattern,
-                f"{label} of shape {_shape(x)} is not folded that way: {_SUPPORTED}, "
+                f"{label} of shape {format_shape(x.shape)} is not folded that way: {_SUPPORTED}, "
                 "with the ragged dim second, next to the batch dim, both folded, in that order",
                 "Pad it with x.to_padded_tensor(0.0) and pass fold_mask or fold_lengths, or rearrange inside the "
                 "module.",
@@ -160,7 +160,7 @@ def _jagged_outputs(result: Any, layout: _JaggedLayout, count: int, pattern: str
         if isinstance(leaf, torch.Tensor):
             if leaf.is_nested or leaf.ndim == 0 or leaf.shape[0] != count:
                 label = "the output" if leaf is result else "output " + leaf_paths(result)[position]
-                found = "a nested tensor" if leaf.is_nested else f"shape {_shape(leaf)}"
+                found = "a nested tensor" if leaf.is_nested else f"shape {format_shape(leaf.shape)}"
                 raise fold_error(
                     f"{label[0].upper() + label[1:]} cannot become a jagged tensor: it should have one row per "
                     f"real frame ({count}) at dim 0, but it has {found}.",
@@ -177,7 +177,3 @@ def _jagged_outputs(result: Any, layout: _JaggedLayout, count: int, pattern: str
 
 def _unsupported(pattern: str, what: str, hint: str) -> Exception:
     return fold_error(what + ".", pattern=pattern, hint=hint)
-
-
-def _shape(x: torch.Tensor) -> tuple[object, ...]:
-    return tuple(size if isinstance(size, int) else str(size) for size in x.shape)

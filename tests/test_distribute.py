@@ -261,7 +261,7 @@ class TestKeywordOnlyCalls:
             (
                 lambda: Distribute("b t d -> (b t) d", lambda **k: k),
                 lambda w: w(x=torch.zeros(2, 3, 4)),
-                "The pattern needs at least one tensor to fold, but none came: the keyword tensors 'x' are not named "
+                "The pattern needs at least one tensor to fold, but none came: the keyword tensor 'x' is not named "
                 "in fold_kwargs.\n"
                 "  pattern: b t d -> (b t) d\n"
                 "  Keyword tensors are folded only when named in fold_kwargs, for example "

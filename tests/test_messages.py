@@ -438,6 +438,20 @@ OPTIONS = [
         "  pattern: b t c -> (b t) c",
         "  Write Distribute(pattern, module), or Distribute(pattern)(module).",
     ),
+    case(
+        "factory-called-with-a-module-and-keywords",
+        lambda: Distribute("b t c -> (b t) c")(nn.Identity(), chunk_size=2),
+        "This Distribute wraps no module yet: call it with the module to wrap, not with tensors.",
+        "  pattern: b t c -> (b t) c",
+        "  Write Distribute(pattern, module), or Distribute(pattern)(module).",
+    ),
+    case(
+        "factory-called-with-nothing",
+        lambda: Distribute("b t c -> (b t) c")(),
+        "This Distribute wraps no module yet: call it with the module to wrap, not with tensors.",
+        "  pattern: b t c -> (b t) c",
+        "  Write Distribute(pattern, module), or Distribute(pattern)(module).",
+    ),
 ]
 
 INPUTS = [
@@ -609,10 +623,19 @@ INPUTS = [
         "keyword-tensor-not-in-fold-kwargs-after-a-plain-value",
         lambda: Distribute("b t d -> (b t) d", identity)(3, x=zeros(2, 3, 4)),
         "The pattern needs at least one tensor to fold, but none came: the positional arguments are "
-        "(int), and the keyword tensors 'x' are not named in fold_kwargs.",
+        "(int), and the keyword tensor 'x' is not named in fold_kwargs.",
         "  pattern: b t d -> (b t) d",
         "  Keyword tensors are folded only when named in fold_kwargs, for example fold_kwargs={'x': 'b t "
         "... -> (b t) ...'}.",
+    ),
+    case(
+        "keyword-array-not-in-fold-kwargs",
+        lambda: distribute("b t d -> (b t) d", identity)(x=np.zeros((2, 3, 4))),
+        "The pattern needs at least one tensor to fold, but none came: the keyword tensor 'x' is not named in "
+        "fold_kwargs.",
+        "  pattern: b t d -> (b t) d",
+        "  Keyword tensors are folded only when named in fold_kwargs, for example fold_kwargs={'x': 'b t ... -> (b t) "
+        "...'}.",
     ),
     case(
         "keyword-tensors-not-in-fold-kwargs",

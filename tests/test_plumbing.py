@@ -188,6 +188,21 @@ class TestCopies:
         assert "'b (t v) d -> (b t v) d'" in text and "v=2" in text and "Linear(in_features=4" in text
         assert "fn=" in repr(Distribute("b t d -> (b t) d", torch.tanh))
 
+    def test_repr_names_every_option_given(self) -> None:
+        wrapped = Distribute(
+            "b (t v) d -> (b t v) d",
+            nn.Identity(),
+            out=("(b t v) d -> t b v d", None),
+            fold_kwargs={"m": "b (t v) -> (b t v)"},
+            checkpoint=True,
+            copy=True,
+            v=2,
+        )
+        assert repr(wrapped).splitlines()[1] == (
+            "  'b (t v) d -> (b t v) d', v=2, out=('(b t v) d -> t b v d', None), fold_kwargs={'m': 'b (t v) -> "
+            "(b t v)'}, checkpoint=True, copy=True"
+        )
+
     def test_repr_of_a_factory_says_it_needs_a_module(self) -> None:
         text = repr(Distribute("b t d -> (b t) d", chunk_size=4))
         assert text == "Distribute('b t d -> (b t) d', chunk_size=4, no module yet: call it with the module to wrap)"

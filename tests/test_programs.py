@@ -459,6 +459,71 @@ class TestProgramsAreUsed:
                 wrapped(x(*shape), x(*shape), x(*shape))  # another structure
         assert calls == ["fold"] * 8
 
+    @pytest.mark.parametrize(
+        ("out", "make"),
+        [
+            (None, lambda z: (z, "label", None, 3)),
+            (None, lambda z: [z, {"a": z, "b": (z, None)}]),
+            (None, lambda z: Pair(z, [z])),
+            (None, lambda z: torch.max(z, dim=-1)),
+            ("(b t) d -> t b d", lambda z: (z, {"a": z})),
+            ("(b t) ... -> b t ...", lambda z: [z, z[:, 0]]),
+            (("(b t) d -> t b d", None), lambda z: (z, "label")),
+            (("(b t) d -> t b d", None), lambda z: [z, z]),
+            (("(b t) d -> t b d", None), lambda z: Pair(z, z)),
+            (("(b t) d -> b t d", ("(b t) d -> t b d", None)), lambda z: (z, (z, None))),
+            (("(b t) ... -> t b ...", None), lambda z: torch.max(z, dim=-1)),
+            ({"a": "(b t) d -> t b d", "b": None}, lambda z: {"a": z, "b": z}),
+            ({"a": "(b t) d -> t b d", "b": (None, "(b t) d -> b t d")}, lambda z: {"b": (3, z), "a": z}),
+        ],
+        ids=[
+            "tuple-with-plain-values",
+            "nested-list-and-dict",
+            "namedtuple",
+            "structseq",
+            "one-pattern-over-a-tuple",
+            "one-pattern-over-a-list-of-ranks",
+            "tuple-out",
+            "tuple-out-over-a-list",
+            "tuple-out-over-a-namedtuple",
+            "nested-out",
+            "tuple-out-over-a-structseq",
+            "dict-out",
+            "nested-dict-out-in-another-order",
+        ],
+    )
+    def test_a_recorded_output_structure_skips_the_full_unfold(
+        self, monkeypatch: pytest.MonkeyPatch, out: Any, make: Callable[[torch.Tensor], Any]
+    ) -> None:
+        wrapped = Distribute("b t d -> (b t) d", make, out=out)
+        calls: list[str] = []
+        unfold = wrapped._caller.pattern.outputs.unfold
+        monkeypatch.setattr(wrapped._caller.pattern.outputs, "unfold", lambda *a: calls.append("unfold") or unfold(*a))
+        a = x(2, 3, 4)
+        expected = Distribute("b t d -> (b t) d", make, out=out)(a)
+        for _ in range(3):
+            same(wrapped(a), expected)
+        assert calls == ["unfold"]
+
+    @pytest.mark.parametrize(
+        ("out", "kind", "order"),
+        [
+            (None, collections.OrderedDict, ["b", "a"]),
+            ("(b t) d -> t b d", collections.OrderedDict, ["b", "a"]),
+            ({"a": "(b t) d -> t b d", "b": None}, dict, ["a", "b"]),  # an out= dict gives its own keys and order
+        ],
+        ids=["default", "one-pattern", "dict-out"],
+    )
+    def test_a_mapping_of_another_type_comes_back_alike(self, out: Any, kind: type, order: list[str]) -> None:
+        make = lambda z: collections.OrderedDict(b=z, a=z + 1)  # noqa: E731
+        wrapped = Distribute("b t d -> (b t) d", make, out=out)
+        a = x(2, 3, 4)
+        expected = Distribute("b t d -> (b t) d", make, out=out)(a)
+        for _ in range(3):
+            y = wrapped(a)
+            assert type(y) is kind and list(y) == order
+            same(y, expected)
+
     def test_an_output_no_program_can_unfold_is_examined_once(self, monkeypatch: pytest.MonkeyPatch) -> None:
         recorded: list[Any] = []
         record = foldaxes._call.record_outputs

@@ -207,7 +207,10 @@ class TestJaggedErrors:
         ids=["reversed-group", "ragged-with-features", "everything", "ragged-last", "ragged-dim-moved"],
     )
     def test_unsupported_patterns(self, pattern: str, make: Callable[[], torch.Tensor]) -> None:
-        text = message(lambda: Distribute(pattern, lambda z: z)(make()))
+        nt = make()
+        text = message(lambda: Distribute(pattern, lambda z: z)(nt))
+        shape = ", ".join(map(str, nt.shape))  # the ragged size as torch names it, without quotes
+        assert text.startswith(f"argument 0 of shape ({shape}) is not folded that way")
         assert "folded only by patterns of the shape 'b j ... -> (b j) ...'" in text
         assert f"pattern: {pattern}" in text and "fold_mask" in text
 
@@ -232,6 +235,10 @@ class TestJaggedErrors:
         wrapped = Distribute("b t d -> (b t) d", lambda z: (z, z.mean()))
         text = message(lambda: wrapped(jagged([2, 3], 4)))
         assert "Output [1] cannot become a jagged tensor" in text and "one row per real frame (5)" in text
+        assert "it has shape ()." in text
+        wrapped = Distribute("b t d -> (b t) d", lambda z: (z, z[:2]))
+        text = message(lambda: wrapped(jagged([2, 3], 4)))
+        assert "one row per real frame (5) at dim 0, but it has shape (2, 4)." in text
 
     @pytest.mark.parametrize(
         ("keywords", "expected"),
