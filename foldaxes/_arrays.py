@@ -101,7 +101,7 @@ def apply_plan(plan: Plan, x: Any, lengths: Mapping[str, int], copy: bool | None
             # reshapes NumPy's array in place, raises the AttributeError that NumPy's shape assignment does.
             if copy is not False:
                 raise
-            raise NoView(*plan.merges[0]) from None
+            raise NoView from None
     for dim in plan.unsqueezes:
         x = xp.expand_dims(x, axis=dim)
     if copy:

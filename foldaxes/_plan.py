@@ -52,12 +52,7 @@ def mergeable(sizes: Sequence[int], strides: Sequence[int], start: int, end: int
 
 
 class NoView(Exception):
-    """Internal: merging dims ``start`` to ``end`` needs a copy, which ``copy=False`` forbids."""
-
-    def __init__(self, start: int, end: int) -> None:
-        super().__init__(start, end)
-        self.start = start
-        self.end = end
+    """Internal: a merge of dims needs a copy, which ``copy=False`` forbids; the caller explains which and why."""
 
 
 class SizeMismatch(Exception):
@@ -161,7 +156,7 @@ class Plan:
         """Raises ``NoView`` for the first merge that the strides (after the splits and permute) make a copy."""
         for start, end in self.merges:
             if not mergeable(shape, strides, start, end):
-                raise NoView(start, end)
+                raise NoView
 
     def viewable(self, x: torch.Tensor) -> bool:
         """Whether the merges make views of ``x``, the tensor after the splits and the permute."""

@@ -180,7 +180,7 @@ def copy_refused(
 ) -> Exception:
     """The error for a fold that needs a copy under ``copy=False``: why, and what would fold by a view."""
     axes = elementary_axes(plan, x, lengths)
-    why, hint, reordered = reason(plan, axes, False, x.numel() == 0)
+    why, hint, reordered = reason(plan, axes, False, False)  # an empty tensor always folds by a view
     recipe = None if reordered is None else view_recipe(pattern, operand, plan, reordered, lengths)
     advice = [hint or "", f"{recipe} folds without a copy." if recipe else "", "Or leave copy=None to copy."]
     return fold_error(

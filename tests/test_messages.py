@@ -694,6 +694,27 @@ INPUTS = [
         "-> (t b) c', module, b=2, out='(t b) ... -> b t ...') folds without a copy. Or leave copy=None to copy.",
     ),
     case(
+        "copy-refused-for-a-crop",
+        lambda: fold(zeros(2, 3, 5)[:, :, :4], "b t d -> b (t d)", copy=False),
+        "argument 0 cannot be folded without a copy, and copy=False forbids one. (t d) cannot be one axis: t's "
+        "stride 5 would have to be d's size 4 times d's stride 1, 4.",
+        "  pattern: b t d -> b (t d)",
+        "                       ^",
+        "  argument 0 (strides (15, 5, 1)): shape (2, 3, 4)",
+        "  There is a gap in memory between them: the input is cropped or strided along an axis. Or leave copy=None "
+        "to copy.",
+    ),
+    case(
+        "copy-refused-for-overlapping-rows",
+        lambda: fold(zeros(8).as_strided((2, 3), (2, 1)), "b t -> (b t)", copy=False),
+        "argument 0 cannot be folded without a copy, and copy=False forbids one. (b t) cannot be one axis: b's "
+        "stride 2 would have to be t's size 3 times t's stride 1, 3.",
+        "  pattern: b t -> (b t)",
+        "                   ^",
+        "  argument 0 (strides (2, 1)): shape (2, 3)",
+        "  Or leave copy=None to copy.",
+    ),
+    case(
         "fold-of-a-number",
         lambda: fold(3, "b t -> (b t)"),
         "fold takes a tensor or an array, or a sequence of them, not int.",
