@@ -64,12 +64,12 @@ def _note(
     lines = [f"foldaxes: raised inside the module, which was called on arguments folded by '{pattern.text}'"]
     for position, (given, folded) in enumerate(zip(args, folded_args, strict=True)):
         if is_array(given):
-            lines.append(f"  argument {position}: shape {format_shape(given.shape)} -> {_shape(folded)}")
+            lines.append(f"  argument {position}: shape {format_shape(given.shape)} -> {format_shape(folded.shape)}")
     for name, given in kwargs.items():
         if is_array(given):
             shape = f"  keyword argument '{name}': shape {format_shape(given.shape)}"
             if name in pattern.kwarg_rules:
-                lines.append(f"{shape} -> {_shape(folded_kwargs[name])}")
+                lines.append(f"{shape} -> {format_shape(folded_kwargs[name].shape)}")
             else:
                 lines.append(f"{shape}, passed unfolded{_advice(name, given, pattern, group_sizes)}")
     if not pattern.group_axes:
@@ -80,10 +80,6 @@ def _note(
     elif how is not None:
         lines.append(f"  The module ran on part of the folded rows at a time: {how}.")
     return "\n".join(lines)
-
-
-def _shape(folded: Any) -> str:
-    return format_shape(folded.shape) if is_array(folded) else "?"
 
 
 def _advice(name: str, x: torch.Tensor, pattern: CompiledPattern, group_sizes: Sequence[int]) -> str:
