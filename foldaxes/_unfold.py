@@ -192,9 +192,7 @@ def conform(structure: Any, tree: Any) -> Any:
         children = [conform(s, t) for s, t in zip(structure, tree, strict=True)]
         if isinstance(tree, list):
             return children
-        if hasattr(tree, "_make"):
-            return tree._make(children)
-        return tuple(children) if type(tree) is tuple else type(tree)(children)
+        return tree._make(children) if hasattr(tree, "_make") else type(tree)(children)
     if isinstance(structure, Mapping) and isinstance(tree, Mapping):
         return {key: conform(value, tree.get(key)) for key, value in structure.items()}
     return structure

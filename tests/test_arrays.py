@@ -234,9 +234,17 @@ class TestExplain:
         assert report == foldaxes.explain("b t c h w -> (b t) c h w", torch.from_numpy(x))
         assert report.input_strides == tuple(stride // x.itemsize for stride in x.strides)
 
-    def test_libraries_without_strides(self) -> None:
-        text = message(lambda: foldaxes.explain("b t d -> (b t) d", jnp.zeros((2, 3, 4))))
-        assert "does not show them" in text and "explain(pattern, x.shape)" in text
+    @pytest.mark.parametrize(
+        "make",
+        [
+            lambda: jnp.zeros((2, 3, 4)),
+            lambda: np.zeros(24, dtype=[("a", "i4"), ("b", "i1")])["a"].reshape(2, 3, 4),  # strides of 5 bytes
+        ],
+        ids=["jax", "packed-numpy-field"],
+    )
+    def test_strides_that_are_not_whole_elements_are_not_read(self, make: Any) -> None:
+        text = message(lambda: foldaxes.explain("b t d -> (b t) d", make()))
+        assert "does not show them (or they are not whole elements)" in text and "explain(pattern, x.shape)" in text
 
 
 def test_no_jax_unless_a_jax_array_comes() -> None:

@@ -188,6 +188,21 @@ class TestCopies:
         assert "'b (t v) d -> (b t v) d'" in text and "v=2" in text and "Linear(in_features=4" in text
         assert "fn=" in repr(Distribute("b t d -> (b t) d", torch.tanh))
 
+    def test_names_of_the_wrapped_module_are_found_under_it(self) -> None:
+        """What torch.distributed.checkpoint asks: which state-dict names sit under the child the keys leave out."""
+
+        class Holder(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.module = nn.Linear(2, 2)  # the name of Distribute's own child
+                self.register_buffer("scale", torch.ones(1))
+                self.bias = nn.Parameter(torch.zeros(1))
+
+        wrapped = Distribute("b t d -> (b t) d", Holder())
+        assert wrapped._fqn_modifiers() == {"module": "module", "scale": "module", "bias": "module"}
+        assert set(wrapped.state_dict()) == {"module.weight", "module.bias", "scale", "bias"}
+        assert Distribute("b t d -> (b t) d")._fqn_modifiers() == {}
+
     def test_repr_names_every_option_given(self) -> None:
         wrapped = Distribute(
             "b (t v) d -> (b t v) d",

@@ -475,6 +475,7 @@ class TestProgramsAreUsed:
             (("(b t) ... -> t b ...", None), lambda z: torch.max(z, dim=-1)),
             ({"a": "(b t) d -> t b d", "b": None}, lambda z: {"a": z, "b": z}),
             ({"a": "(b t) d -> t b d", "b": (None, "(b t) d -> b t d")}, lambda z: {"b": (3, z), "a": z}),
+            ({"a": ("(b t) d -> t b d", None)}, lambda z: {"a": Pair(z, [z])}),
         ],
         ids=[
             "tuple-with-plain-values",
@@ -490,6 +491,7 @@ class TestProgramsAreUsed:
             "tuple-out-over-a-structseq",
             "dict-out",
             "nested-dict-out-in-another-order",
+            "namedtuple-in-a-dict-out",
         ],
     )
     def test_a_recorded_output_structure_skips_the_full_unfold(
@@ -501,6 +503,8 @@ class TestProgramsAreUsed:
         monkeypatch.setattr(wrapped._caller.pattern.outputs, "unfold", lambda *a: calls.append("unfold") or unfold(*a))
         a = x(2, 3, 4)
         expected = Distribute("b t d -> (b t) d", make, out=out)(a)
+        if isinstance(out, dict) and "b" not in out:
+            assert type(expected["a"]) is Pair  # out= tuples take the output's tuple type, inside a dict too
         for _ in range(3):
             same(wrapped(a), expected)
         assert calls == ["unfold"]
