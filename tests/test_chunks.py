@@ -256,6 +256,10 @@ class TestBatchStatisticsGuard:
         assert "chunk_size=2 runs it on that many rows at a time" in text
         assert ".eval()" in text and "allow_batch_statistics=True" in text
 
+    def test_time_distributed_refuses_them_too(self) -> None:
+        wrapped = TimeDistributed(nn.BatchNorm1d(4), batch_first=True, chunk_size=2)
+        assert "normalises with the statistics of the batch" in message(lambda: wrapped(torch.randn(2, 3, 4)))
+
     @pytest.mark.parametrize("carry", CARRIERS)
     @pytest.mark.parametrize("keywords", [{"chunk_size": 2}, {"checkpoint": True}], ids=["chunked", "checkpointed"])
     def test_sees_the_module_a_callable_carries(self, carry: Callable[[nn.Module], Any], keywords: Any) -> None:

@@ -88,16 +88,31 @@ class TestCheckpoints:
         new.load_state_dict(old.state_dict())
         assert torch.equal(new[0].module.weight, old[0].module.weight)
 
-    def test_a_subclass_keeps_its_own_parameters(self) -> None:
+    def test_a_subclass_keeps_its_own_parameters_and_modules(self) -> None:
         class Scaled(Distribute):
             def __init__(self) -> None:
                 super().__init__("b t c -> (b t) c", nn.Linear(4, 5))
                 self.scale = nn.Parameter(torch.randn(1))
+                self.extra = nn.Sequential(nn.Linear(2, 2))
 
         source, target = Scaled(), Scaled()
-        assert list(source.state_dict()) == ["scale", "weight", "bias"]
+        assert list(source.state_dict()) == ["scale", "extra.0.weight", "extra.0.bias", "weight", "bias"]
         target.load_state_dict(source.state_dict())
-        assert torch.equal(target.scale, source.scale) and torch.equal(target.module.weight, source.module.weight)
+        assert_exact(target.state_dict(), source.state_dict(), 0)
+        assert torch.equal(target.extra[0].weight, source.extra[0].weight)
+
+    def test_a_wrapped_module_with_a_child_named_module(self) -> None:
+        class Holder(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.module = nn.Linear(2, 2)
+                self.head = nn.Linear(2, 2)
+
+        source, target = Distribute("b t d -> (b t) d", Holder()), Distribute("b t d -> (b t) d", Holder())
+        assert list(source.state_dict()) == ["module.weight", "module.bias", "head.weight", "head.bias"]
+        result = target.load_state_dict(source.state_dict())
+        assert not result.missing_keys and not result.unexpected_keys
+        assert_exact(target.state_dict(), source.state_dict(), 0)
 
     @pytest.mark.parametrize(
         ("save_wrapped", "load_wrapped"), [(True, False), (True, True)], ids=["wrapped-to-plain", "wrapped-to-wrapped"]
