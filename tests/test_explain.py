@@ -229,6 +229,67 @@ def test_view_reason_shows_the_stride_arithmetic() -> None:
     assert report.hint is None
 
 
+@pytest.mark.parametrize(
+    ("pattern", "make", "lengths", "reason", "hint"),
+    [
+        (
+            "b t c -> (b t) c",
+            lambda: torch.zeros(1, 3, 4),
+            {},
+            "(b t) merges whatever the strides: only t has a size above 1.",
+            None,
+        ),
+        (
+            "b t c -> (b t) c",
+            lambda: torch.zeros(1, 1, 4),
+            {},
+            "(b t) merges whatever the strides: none of its axes has a size above 1.",
+            None,
+        ),
+        (
+            "b t v c -> (b t v) c",
+            lambda: torch.zeros(2, 3, 2, 4),
+            {},
+            "(b t v) becomes one axis of stride 4: b's stride 24 = t's size 3 times t's stride 8; t's stride 8 = "
+            "v's size 2 times v's stride 4.",
+            None,
+        ),
+        (
+            "(t b v) c -> (b t v) c",
+            lambda: torch.zeros(12, 4),
+            {"b": 2, "v": 2},
+            "(b t v) cannot be one axis: b's stride 8 (= v*c) would have to be t's size 3 times t's stride 16 "
+            "(= b*v*c), 48.",
+            "Writing the group as (t b v), the order of its axes in memory, would make it a view. "
+            "Distribute('(t b v) c -> (t b v) c', module, b=2, v=2, out='(t b v) ... -> b t v ...') folds without "
+            "a copy and returns the outputs in the original order.",
+        ),
+        (
+            "x y b t c -> x y (b t) c",
+            lambda: torch.zeros(2, 2, 3, 2, 4).transpose(2, 3),
+            {},
+            "(b t) cannot be one axis: b's stride 4 (= c) would have to be t's size 3 times t's stride 8 (= b*c), 24.",
+            "Writing the group as (t b), the order of its axes in memory, would make it a view. "
+            "Distribute('x y b t c -> x y (t b) c', module, out='d0 d1 (t b) ... -> d0 d1 b t ...') folds without "
+            "a copy and returns the outputs in the original order.",
+        ),
+        (  # '...' stands for no axes here, but a pattern cannot write the group without it
+            "b t ... -> (b t ...)",
+            lambda: torch.zeros(3, 2).t(),
+            {},
+            "(b t) cannot be one axis: b's stride 1 would have to be t's size 3 times t's stride 2 (= b), 6.",
+            "Writing the group as (t b), the order of its axes in memory, would make it a view.",
+        ),
+    ],
+    ids=["one-axis-above-1", "no-axis-above-1", "three-axes", "given-lengths", "group-at-dim-2", "empty-ellipsis"],
+)
+def test_reason_and_hint_word_for_word(
+    pattern: str, make: Any, lengths: dict[str, int], reason: str, hint: str | None
+) -> None:
+    report = foldaxes.explain(pattern, make(), **lengths)
+    assert (report.reason, report.hint) == (reason, hint)
+
+
 def test_nothing_is_allocated() -> None:
     """A shape of 2**42 elements would need 16 TiB on the CPU; the meta device needs nothing."""
     report = foldaxes.explain("b t c h w -> (b t) c h w", (64, 1024, 4, 2048, 2048), time_major=True)
