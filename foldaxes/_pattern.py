@@ -234,4 +234,6 @@ def element_text(element: tuple[str, ...] | str) -> str:
     if isinstance(element, str):
         return "..."
     names = ["..." if name == ELLIPSIS else name for name in element]
-    return names[0] if len(names) == 1 else "(" + " ".join(names) + ")"
+    if len(names) == 1 and element[0] != ELLIPSIS:  # '(...)' merges the dims of '...': its parentheses stay
+        return names[0]
+    return "(" + " ".join(names) + ")"

@@ -110,12 +110,34 @@ class Recorder(nn.Module):
         return [x.shape[0] for x in self.inputs]
 
 
+class _Proxy:
+    """Carries its module only as ``__wrapped__``, as a decorator object does: no closure, no ``__self__``."""
+
+    def __init__(self, module: Callable[..., Any]) -> None:
+        self.__wrapped__ = module
+
+    def __call__(self, *args: Any) -> Any:
+        return self.__wrapped__(*args)
+
+
+def _closure_with_an_empty_cell(module: Callable[..., Any]) -> Callable[..., Any]:
+    """A closure whose first cell is never filled (``a_later`` is assigned after the return), the module's after."""
+
+    def run(x: Any) -> Any:
+        return module(x) if x is not None else a_later
+
+    return run
+    a_later = None  # never runs: its cell stays empty
+
+
 CARRIERS = [
     pytest.param(lambda m: m.forward, id="bound-method"),
     pytest.param(lambda m: functools.partial(m), id="partial"),
     pytest.param(lambda m: functools.partial(lambda module, x: module(x), m), id="partial-argument"),
     pytest.param(lambda m: lambda x: m(x), id="closure"),
     pytest.param(lambda m: functools.wraps(m.forward)(lambda x: m.forward(x)), id="decorated"),
+    pytest.param(_Proxy, id="wrapped-attribute"),
+    pytest.param(_closure_with_an_empty_cell, id="closure-with-an-empty-cell"),
 ]
 """Callables that carry a module without being it: each makes one of a module ``m``."""
 

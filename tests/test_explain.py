@@ -280,8 +280,27 @@ def test_view_reason_shows_the_stride_arithmetic() -> None:
             "(b t) cannot be one axis: b's stride 1 would have to be t's size 3 times t's stride 2 (= b), 6.",
             "Writing the group as (t b), the order of its axes in memory, would make it a view.",
         ),
+        (
+            "b t ... c -> (b t) (...) c",
+            lambda: torch.zeros(3, 2, 4, 5, 6).transpose(0, 1),
+            {},
+            "(b t) cannot be one axis: b's stride 120 (= ...[0]*...[1]*c) would have to be t's size 3 times t's "
+            "stride 240 (= b*...[0]*...[1]*c), 720. (...[0] ...[1]) becomes one axis of stride 6: ...[0]'s stride 30 "
+            "= ...[1]'s size 5 times ...[1]'s stride 6.",
+            "Writing the group as (t b), the order of its axes in memory, would make it a view. "
+            "Distribute('b t ... c -> (t b) (...) c', module, out='(t b) ... -> b t ...') folds without a copy and "
+            "returns the outputs in the original order.",
+        ),
     ],
-    ids=["one-axis-above-1", "no-axis-above-1", "three-axes", "given-lengths", "group-at-dim-2", "empty-ellipsis"],
+    ids=[
+        "one-axis-above-1",
+        "no-axis-above-1",
+        "three-axes",
+        "given-lengths",
+        "group-at-dim-2",
+        "empty-ellipsis",
+        "a-merged-ellipsis-after-the-group",
+    ],
 )
 def test_reason_and_hint_word_for_word(
     pattern: str, make: Any, lengths: dict[str, int], reason: str, hint: str | None

@@ -191,6 +191,14 @@ PATTERNS = [
         "  A fold only moves axes: every axis on the left must be placed on the right, and no new ones.",
     ),
     case(
+        "nothing-on-the-left",
+        lambda: Distribute("-> b", nn.Identity()),
+        "Axes must appear on both sides of '->', but b appears on one side only in operand 0 (' -> b').",
+        "  pattern: -> b",
+        "              ^",
+        "  A fold only moves axes: every axis on the left must be placed on the right, and no new ones.",
+    ),
+    case(
         "ellipsis-only-on-the-left",
         lambda: Distribute("b t ... -> (b t)", nn.Identity()),
         "Axes must appear on both sides of '->', but ... appears on one side only in operand 0 ('b t ... -> (b t)').",

@@ -171,9 +171,10 @@ class TestEveryPath:
 
 class TestNoNote:
     def test_fold_errors_of_a_nested_wrapper(self) -> None:
-        inner = Distribute("n s d -> (n s) d", nn.Linear(4, 4))
+        inner = Distribute("n s e d -> (n s e) d", nn.Linear(4, 4))  # one dim more than the outer one gives it
         outer = Distribute("b t s d -> (b t) s d", inner)
-        error = raised(lambda: outer(torch.zeros(2, 3, 5)), FoldError)
+        error = raised(lambda: outer(torch.zeros(2, 3, 5, 4)), FoldError)
+        assert str(error).startswith("argument 0 has 3 dims, but 'n s e d' expects 4.")
         assert notes(error) == []
 
     def test_fold_errors_of_the_wrapper(self) -> None:
