@@ -291,6 +291,38 @@ def test_view_reason_shows_the_stride_arithmetic() -> None:
             "Distribute('b t ... c -> (t b) (...) c', module, out='(t b) ... -> b t ...') folds without a copy and "
             "returns the outputs in the original order.",
         ),
+        (
+            "b t c -> (b t) c",
+            lambda: torch.zeros(2, 1, 4).expand(2, 2, 4),
+            {},
+            "(b t) cannot be one axis: b's stride 4 would have to be t's size 2 times t's stride 0, 0.",
+            "t has stride 0: the input repeats along it, as expand() makes. Distribute(..., "
+            "compute_repeats_once=True) runs the module on one copy of such an input rather than folding every "
+            "repeat.",
+        ),
+        (
+            "b u t c -> b (u t c)",
+            lambda: torch.zeros(40).as_strided((2, 1, 3, 4), (15, 0, 5, 1)),
+            {},
+            "(u t c) cannot be one axis: t's stride 5 would have to be c's size 4 times c's stride 1, 4.",
+            "There is a gap in memory between them: the input is cropped or strided along an axis.",
+        ),
+        (
+            "b t v c -> (b t) v c",
+            lambda: torch.zeros(2, 2, 3, 5).transpose(1, 2),
+            {},
+            "(b t) cannot be one axis: b's stride 30 (= v*t*c) would have to be t's size 3 times t's stride 5 "
+            "(= c), 15.",
+            "They are not adjacent in memory: v lies between them.",
+        ),
+        (
+            "b t v w c -> (b t) v w c",
+            lambda: torch.zeros(2, 2, 2, 3, 5).permute(0, 3, 1, 2, 4),
+            {},
+            "(b t) cannot be one axis: b's stride 60 (= v*w*t*c) would have to be t's size 3 times t's stride 5 "
+            "(= c), 15.",
+            "They are not adjacent in memory: v and w lie between them.",
+        ),
     ],
     ids=[
         "one-axis-above-1",
@@ -300,6 +332,10 @@ def test_view_reason_shows_the_stride_arithmetic() -> None:
         "group-at-dim-2",
         "empty-ellipsis",
         "a-merged-ellipsis-after-the-group",
+        "repeated",
+        "a-gap-beside-a-unit-axis-of-stride-0",
+        "one-axis-between",
+        "two-axes-between",
     ],
 )
 def test_reason_and_hint_word_for_word(

@@ -134,6 +134,19 @@ class TestCheckpoints:
         model(load_wrapped).load_state_dict(model(save_wrapped).state_dict())
         assert seen == [2]
 
+    def test_versions_are_written_under_both_names(self) -> None:
+        class Inner(nn.Linear):
+            _version = 7
+
+        class Outer(nn.Sequential):
+            _version = 5
+
+        model = nn.Module()
+        model.enc = Distribute("b t c -> (b t) c", Outer(Inner(2, 2)))
+        versions = {key: meta.get("version") for key, meta in model.state_dict()._metadata.items()}
+        assert versions == {"": 1, "enc": 5, "enc.module": 5, "enc.0": 7, "enc.module.0": 7}
+        assert list(model.state_dict(destination={})) == ["enc.0.weight", "enc.0.bias"]  # a dict has no metadata
+
     def test_nested_distributes(self) -> None:
         inner = Distribute("b v c h w -> (b v) c h w", encoder())
         outer = Distribute("b t v c h w -> (b t) v c h w", inner)
