@@ -317,21 +317,23 @@ def _each_leaf(value: Any, leaf: Callable[[torch.Tensor], Node]) -> Node | None:
 
 
 def _structured(out: Any, value: Any, outputs: OutputRules) -> Node | None:
-    """The program for an ``out=`` structure: a pattern or ``None`` at each leaf of ``out``, over ``value``."""
+    """The program for an ``out=`` structure: a pattern or ``None`` at each leaf of ``out``, over ``value``.
+
+    ``out`` has been conformed to ``value``, which the full path has just unfolded by it: they have the same
+    containers, lengths and keys.
+    """
     if out is None:
         return _keep
     if isinstance(out, str):
         return _each_leaf(value, _Rearrange.maker(outputs.rules[out], outputs.group_axes))
     if isinstance(out, dict):
-        if type(value) is not dict or set(value) != set(out):
+        if type(value) is not dict:  # another Mapping: the full path unfolds it on every call
             return None
         children = [_structured(part, value[key], outputs) for key, part in out.items()]
         if any(child is None for child in children):
             return None
         return _Dict(tuple(value), tuple(out), tuple(children)).run  # type: ignore[arg-type]
-    if isinstance(out, tuple | list) and type(out) is type(value) and len(out) == len(value):
-        return _container(value, [_structured(o, v, outputs) for o, v in zip(out, value, strict=True)])
-    return None
+    return _container(value, [_structured(o, v, outputs) for o, v in zip(out, value, strict=True)])
 
 
 def _parts(value: Any) -> list[Any]:

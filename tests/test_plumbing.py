@@ -72,6 +72,25 @@ class TestCheckpoints:
             wrapped.load_state_dict({"weight": torch.zeros(5, 3), "bias": torch.zeros(5)})
         assert "size mismatch for weight:" in str(info.value) and "module." not in str(info.value)
 
+    def test_reports_for_a_child_named_like_the_wrappers_own(self) -> None:
+        class Holder(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.module = nn.Linear(2, 2)
+
+        class Scaled(Distribute):
+            def __init__(self) -> None:
+                super().__init__("b t d -> (b t) d", Holder())
+                self.scale = nn.Parameter(torch.ones(1))
+
+        state = {"module.weight": torch.zeros(3, 2), "module.bias": torch.zeros(2)}
+        with pytest.raises(RuntimeError) as info:
+            Scaled().load_state_dict(state)
+        assert "size mismatch for module.weight:" in str(info.value)
+        del state["module.weight"]
+        result = Scaled().load_state_dict(state, strict=False)
+        assert sorted(result.missing_keys) == ["module.weight", "scale"]
+
     def test_non_strict_report_uses_the_checkpoint_names(self) -> None:
         result = Video(True).load_state_dict({"enc.0.weight": torch.zeros(4, 3, 3, 3), "enc.x": 1}, strict=False)
         assert "enc.0.bias" in result.missing_keys and result.unexpected_keys == ["enc.x"]
