@@ -323,6 +323,28 @@ def test_view_reason_shows_the_stride_arithmetic() -> None:
             "(= c), 15.",
             "They are not adjacent in memory: v and w lie between them.",
         ),
+        (
+            "b t c -> (b) t c",
+            lambda: torch.zeros(2, 3, 4),
+            {},
+            "The pattern merges no axes: it only splits, reorders or adds unit axes, which are always views.",
+            None,
+        ),
+        (
+            "b t c -> (b t) c",
+            lambda: torch.zeros(0, 3, 4),
+            {},
+            "The input is empty, and any reshape of an empty tensor is a view.",
+            None,
+        ),
+        (
+            "b t x y -> (b t) (x y)",
+            lambda: torch.zeros(2, 3, 4, 6)[..., :5],
+            {},
+            "(b t) becomes one axis of stride 24: b's stride 72 = t's size 3 times t's stride 24. (x y) cannot be one "
+            "axis: x's stride 6 would have to be y's size 5 times y's stride 1, 5.",
+            "There is a gap in memory between them: the input is cropped or strided along an axis.",
+        ),
     ],
     ids=[
         "one-axis-above-1",
@@ -336,6 +358,9 @@ def test_view_reason_shows_the_stride_arithmetic() -> None:
         "a-gap-beside-a-unit-axis-of-stride-0",
         "one-axis-between",
         "two-axes-between",
+        "no-merges",
+        "empty",
+        "the-second-merge-is-blocked",
     ],
 )
 def test_reason_and_hint_word_for_word(
