@@ -37,10 +37,12 @@ def shown(value: object, typed: bool = False) -> str:
     Other values are shown by their ``repr`` (shortened), after their type's name when ``typed``.
     """
     shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    kind = type(value).__name__
+    article = "an" if kind[:1].lower() in "aeiou" else "a"
     if shape is not None and dtype is not None:
-        return f"a {type(value).__name__} of dtype {dtype} and shape {format_shape(shape)}"
+        return f"{article} {kind} of dtype {dtype} and shape {format_shape(shape)}"
     if isinstance(value, list | tuple | set | frozenset | dict) and not all(map(_plain, value)):
-        return f"a {type(value).__name__} of {len(value)} item{'' if len(value) == 1 else 's'}"
+        return f"{article} {kind} of {len(value)} item{'' if len(value) == 1 else 's'}"
     text = repr(value)
     text = text if len(text) <= 80 else text[:77] + "..."
     return f"{type(value).__name__} ({text})" if typed else text

@@ -7,6 +7,7 @@ group only supply the reason.
 
 from __future__ import annotations
 
+import operator
 import re
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -442,14 +443,25 @@ def _checked_ints(pattern: str, what: str, values: object) -> list[int]:
         )
     checked = []
     for index, value in enumerate(values):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        number = _as_int(value)
+        if number is None or number < 0:
             raise fold_error(
                 f"The {what} must be non-negative ints, but item {index} is {_described(value)}.",
                 pattern=pattern,
                 hint="For example shape (2, 8, 3, 224, 224), or the tensor itself: explain(pattern, x).",
             )
-        checked.append(value)
+        checked.append(number)
     return checked
+
+
+def _as_int(value: object) -> int | None:
+    """``value`` as an int when it is an integer (a NumPy integer too), else ``None``; a bool is not a size."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def _described(value: object) -> str:

@@ -98,10 +98,11 @@ def _shared_layout(arguments: Sequence[TensorArgument]) -> _JaggedLayout:
     """The layout every argument shares, after checking that each argument is a foldable jagged tensor."""
     first: tuple[str, torch.Tensor] | None = None
     for _, label, rule, x in arguments:
-        if type(x) is torch.Tensor or not (x.is_nested and x.layout == torch.jagged):
+        if not (x.is_nested and x.layout == torch.jagged):
+            what = "a nested tensor with layout=torch.strided" if x.is_nested else "a dense tensor"
             raise _unsupported(
                 rule.pattern,
-                f"{label} is a dense tensor beside a jagged one; with jagged input, every tensor argument must be "
+                f"{label} is {what} beside a jagged one; with jagged input, every tensor argument must be "
                 "jagged, with the same offsets",
                 "Make it jagged too, for example torch.nested.nested_tensor_from_jagged(values, x.offsets()).",
             )

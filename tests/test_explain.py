@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import einops
+import numpy as np
 import pytest
 import torch
 from conftest import allocations
@@ -571,3 +572,10 @@ def test_the_docs_page_shows_what_the_command_prints(capsys: pytest.CaptureFixtu
     command, shown = found.groups()
     assert main(shlex.split(command)[3:]) == 0
     assert capsys.readouterr().out == shown
+
+
+def test_a_shape_of_numpy_integers_reads_as_ints() -> None:
+    shape, strides = (np.int64(2), np.int32(3), 4), (np.int64(1), 2, np.int64(6))
+    assert foldaxes.explain("b t c -> (b t) c", shape, strides=strides) == foldaxes.explain(
+        "b t c -> (b t) c", (2, 3, 4), strides=(1, 2, 6)
+    )

@@ -96,6 +96,30 @@ PATTERNS = [
         "  Pass the pattern first: Distribute(pattern, module), fold(x, pattern).",
     ),
     case(
+        "explain-shape-of-a-numpy-float",
+        lambda: foldaxes.explain("b t c -> (b t) c", (2, np.float32(3), 4)),
+        "The shape must be non-negative ints, but item 1 is a float32 of dtype float32 and shape ().",
+        "  pattern: b t c -> (b t) c",
+        "  For example shape (2, 8, 3, 224, 224), or the tensor itself: explain(pattern, x).",
+    ),
+    case(
+        "explain-shape-of-numpy-ints-of-another-rank",
+        lambda: foldaxes.explain("b t c -> (b t) c", (np.int64(2), np.int64(3))),
+        "the input has 2 dims, but 'b t c' expects 3.",
+        "  pattern: b t c -> (b t) c",
+        "  the input: shape (2, 3)",
+        "  Pass a tensor of the rank the pattern describes, or change the pattern ('...' stands for any number of "
+        "dims).",
+    ),
+    case(
+        "an-article-before-a-vowel",
+        lambda: Distribute("b t c -> (b t) c", identity, chunk_size=xps.asarray([2])),
+        "chunk_size must be a positive int (rows of the folded batch per call), not an Array of dtype "
+        "array_api_strict.int64 and shape (1,).",
+        "  pattern: b t c -> (b t) c",
+        "  Pass for example chunk_size=64, or None to run the module once.",
+    ),
+    case(
         "explain-pattern-not-a-string",
         lambda: foldaxes.explain(3, zeros(2, 3)),
         "explain takes the pattern first, then the tensor or its shape, but the pattern is 3.",

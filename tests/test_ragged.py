@@ -145,6 +145,7 @@ class TestJaggedLengths:
         out = Distribute("b t d -> (b t) d", lambda z: {"z": z, "pair": (z * 2, z.sum(-1))})(nt)
         for leaf in (out["z"], *out["pair"]):
             assert leaf.to_padded_tensor(0.0).shape[:2] == (2, 5)
+            assert foldaxes._ragged.cached_seqlens(leaf) == (2, 5)
 
     def test_an_input_without_cached_lengths_gives_outputs_without_them(self) -> None:
         nt = jagged([2, 3], 4)  # built from values and offsets: torch caches no lengths
@@ -230,6 +231,13 @@ class TestJaggedErrors:
         wrapped = Distribute("b t x, b t y -> (b t) x, (b t) y", lambda p, q: p)
         text = message(lambda: wrapped(jagged([2, 3], 4), torch.randn(2, 3, 4)))
         assert "argument 1 is a dense tensor beside a jagged one" in text
+        text = message(lambda: wrapped(jagged([2, 3], 4), nn.Parameter(torch.randn(2, 3, 4))))
+        assert "argument 1 is a dense tensor beside a jagged one" in text
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's "prototype" notice
+            strided = torch.nested.nested_tensor([torch.randn(2, 4), torch.randn(3, 4)])
+        text = message(lambda: wrapped(jagged([2, 3], 4), strided))
+        assert "argument 1 is a nested tensor with layout=torch.strided beside a jagged one" in text
 
     def test_output_without_one_row_per_frame(self) -> None:
         wrapped = Distribute("b t d -> (b t) d", lambda z: (z, z.mean()))
