@@ -131,7 +131,9 @@ class CompiledPattern:
         carried = False
         for key, label, rule, x in self.tensor_arguments(args, kwargs, xp):
             compared = self._compared_for(key, rule)
-            folded, group_sizes, group_dim = self._fold_one(rule, compared, x, label, seen, copy, xp)
+            folded, group_sizes, group_dim = self._fold_one(
+                rule, compared, x, label, seen, copy, xp, isinstance(key, str)
+            )
             if isinstance(key, str):
                 folded_kwargs[key] = folded
             else:
@@ -223,9 +225,11 @@ class CompiledPattern:
         seen: dict[str, tuple[object, str, torch.Size]],
         copy: bool | None,
         xp: Any,
+        keyword: bool,
     ) -> tuple[Any, Sequence[int], int | None]:
         plan = rule.plan(x, label) if xp is not None else _dense(x, label, rule).plan(x, label)
-        folded, group_sizes, elementary = _apply(plan, x, self.lengths, copy, xp, label, rule)
+        recipe = not keyword and self.single  # a Distribute(...) line can rewrite only a one-operand pattern
+        folded, group_sizes, elementary = _apply(plan, x, self.lengths, copy, xp, label, rule, recipe)
         names, same_group = compared
         for name, size in zip(plan.names, elementary, strict=True):
             if name in names:
@@ -281,9 +285,12 @@ def _dense(x: torch.Tensor, label: str, rule: Rule) -> Rule:
 
 
 def _apply(
-    plan: Plan, x: Any, lengths: Mapping[str, int], copy: bool | None, xp: Any, label: str, rule: Rule
+    plan: Plan, x: Any, lengths: Mapping[str, int], copy: bool | None, xp: Any, label: str, rule: Rule, recipe: bool
 ) -> tuple[Any, Sequence[int] | None, Sequence[int]]:
-    """``plan`` applied to ``x`` (a tensor, or an array of ``xp``), its errors told in the call's words."""
+    """``plan`` applied to ``x`` (a tensor, or an array of ``xp``), its errors told in the call's words.
+
+    ``recipe``: whether a refused copy may suggest a ``Distribute(...)`` line with ``rule``'s pattern reordered.
+    """
     try:
         return plan.apply(x, lengths, copy) if xp is None else apply_plan(plan, x, lengths, copy, xp)
     except NoView:
@@ -296,7 +303,7 @@ def _apply(
                 hint="Leave copy=None to copy.",
             ) from None
         example = x if xp is None else meta_like(x.shape, strides)
-        raise copy_refused(label, rule.pattern, rule.operand, plan, example, lengths) from None
+        raise copy_refused(label, rule.pattern, rule.operand, plan, example, lengths, recipe) from None
     except SizeMismatch as mismatch:
         raise fold_error(
             f"{label} does not fit the pattern: {mismatch.what}.",

@@ -176,12 +176,22 @@ def group_text(names: tuple[str, ...]) -> str:
 
 
 def copy_refused(
-    label: str, pattern: str, operand: Operand, plan: Plan, x: torch.Tensor, lengths: Mapping[str, int]
+    label: str,
+    pattern: str,
+    operand: Operand,
+    plan: Plan,
+    x: torch.Tensor,
+    lengths: Mapping[str, int],
+    with_recipe: bool = True,
 ) -> Exception:
-    """The error for a fold that needs a copy under ``copy=False``: why, and what would fold by a view."""
+    """The error for a fold that needs a copy under ``copy=False``: why, and what would fold by a view.
+
+    ``with_recipe``: whether ``pattern`` is a wrapper's one-operand pattern, which a ``Distribute(...)`` line with
+    the group reordered can replace (not a ``fold_kwargs`` entry, nor one operand of several).
+    """
     axes = elementary_axes(plan, x, lengths)
     why, hint, reordered = reason(plan, axes, False, False)  # an empty tensor always folds by a view
-    recipe = None if reordered is None else view_recipe(pattern, operand, plan, reordered, lengths)
+    recipe = None if reordered is None or not with_recipe else view_recipe(pattern, operand, plan, reordered, lengths)
     advice = [hint or "", f"{recipe} folds without a copy." if recipe else "", "Or leave copy=None to copy."]
     return fold_error(
         f"{label} cannot be folded without a copy, and copy=False forbids one. {why}",

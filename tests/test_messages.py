@@ -749,6 +749,32 @@ INPUTS = [
         "  Writing the group as (t b), the order of its axes in memory, would make it a view. Distribute('(t b) c "
         "-> (t b) c', module, b=2, out='(t b) ... -> b t ...') folds without a copy. Or leave copy=None to copy.",
     ),
+    case(  # no Distribute(...) line: every operand's group would have to be reordered alike
+        "copy-refused-for-one-operand-of-two",
+        lambda: Distribute("b t d, b t e -> (b t) d, (b t) e", identity, copy=False)(
+            zeros(3, 2, 4).transpose(0, 1), zeros(3, 2, 5).transpose(0, 1)
+        ),
+        "argument 0 cannot be folded without a copy, and copy=False forbids one. (b t) cannot be one axis: b's "
+        "stride 4 (= d) would have to be t's size 3 times t's stride 8 (= b*d), 24.",
+        "  pattern: b t d, b t e -> (b t) d, (b t) e",
+        "                            ^",
+        "  argument 0 (strides (4, 8, 1)): shape (2, 3, 4)",
+        "  Writing the group as (t b), the order of its axes in memory, would make it a view. Or leave copy=None to "
+        "copy.",
+    ),
+    case(  # no Distribute(...) line for a fold_kwargs entry either
+        "copy-refused-for-a-keyword",
+        lambda: Distribute("b t d -> (b t) d", identity, fold_kwargs={"m": "b x y -> b (x y)"}, copy=False)(
+            zeros(2, 3, 4), m=zeros(2, 5, 4).transpose(1, 2)
+        ),
+        "keyword argument 'm' cannot be folded without a copy, and copy=False forbids one. (x y) cannot be one "
+        "axis: x's stride 1 would have to be y's size 5 times y's stride 4 (= x), 20.",
+        "  pattern: b x y -> b (x y)",
+        "                       ^",
+        "  keyword argument 'm' (strides (20, 1, 4)): shape (2, 4, 5)",
+        "  Writing the group as (y x), the order of its axes in memory, would make it a view. Or leave copy=None to "
+        "copy.",
+    ),
     case(
         "copy-refused-for-a-crop",
         lambda: fold(zeros(2, 3, 5)[:, :, :4], "b t d -> b (t d)", copy=False),
