@@ -145,7 +145,7 @@ def find_repeats(
         if not common:
             return None
         found.append((key, repeated))
-    if not common or per_copy_randomness(fn) is not None:
+    if not common or per_copy_randomness(fn):
         return None
     positions = tuple(sorted(common))
     devices = tuple(argument.tensor.device for argument in arguments)

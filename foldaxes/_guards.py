@@ -85,22 +85,22 @@ def batch_statistics(fn: Any) -> str | None:
     return None
 
 
-def per_copy_randomness(fn: Any) -> str | None:
-    """Names the first layer that ``fn`` carries whose result would differ between identical rows, or ``None``.
+def per_copy_randomness(fn: Any) -> bool:
+    """Whether ``fn`` carries a torch layer whose result would differ between identical rows.
 
     Dropout layers in training mode draw one mask per row, as do the ``dropout`` of recurrent layers and of
     ``nn.MultiheadAttention``; batch statistics (see ``batch_statistics``) depend on how many copies there are.
     """
-    for name, module in _named_modules(carried_modules(fn)):
+    for _, module in _named_modules(carried_modules(fn)):
         if isinstance(module, _BATCH_NORMS) and (module.training or not module.track_running_stats):
-            return _describe(name, module)
+            return True
         if not module.training:
             continue
         if isinstance(module, _DROPOUTS) and module.p > 0:
-            return _describe(name, module)
+            return True
         if isinstance(module, nn.RNNBase | nn.MultiheadAttention) and module.dropout > 0:
-            return _describe(name, module)
-    return None
+            return True
+    return False
 
 
 def check_batch_statistics(fn: Any, allowed: bool, why: str, pattern: str) -> None:

@@ -157,6 +157,13 @@ class TestOneCopyWhenAsked:
         assert recorder.rows == [2]
         assert_exact(y, a * b.sum(-1, keepdim=True))
 
+    def test_an_operand_that_folds_no_group_comes_first(self) -> None:
+        recorder = Recorder(lambda s, a: a * s.sum())
+        s, a = torch.randn(2, 5), torch.randn(2, 1, 4).expand(2, 3, 4)
+        y = Distribute("b s, b t d -> b s, (b t) d", recorder, **ONCE)(s, a)
+        assert [args[1].shape[0] for args, _, _ in recorder.calls] == [2]
+        assert_exact(y, a * s.sum())
+
     def test_keyword_tensors(self) -> None:
         recorder = Recorder(lambda a, *, scale: a * scale)
         a, scale = torch.randn(2, 1, 4).expand(2, 3, 4), torch.randn(2, 1, 1).expand(2, 3, 1)
@@ -261,6 +268,25 @@ class TestGradients:
             assert_exact(actual, expected)
 
 
+class _Carrier(nn.Module):
+    """A linear layer that also holds ``extra``, which it never calls: only what the model holds is judged."""
+
+    def __init__(self, extra: nn.Module) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+        self.extra = extra
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)  # type: ignore[no-any-return]
+
+
+def training_inside_eval(layer: nn.Module) -> nn.Module:
+    """``layer`` in training mode inside a model in eval mode."""
+    model = _Carrier(layer).eval()
+    layer.train()
+    return model
+
+
 class TestGuardsWhenAsked:
     @pytest.mark.parametrize(
         "make",
@@ -268,8 +294,18 @@ class TestGuardsWhenAsked:
             lambda: nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)),
             lambda: nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)),
             lambda: nn.BatchNorm1d(4, track_running_stats=False).eval(),
+            lambda: training_inside_eval(nn.Dropout(0.5)),
+            lambda: training_inside_eval(nn.LSTM(4, 4, num_layers=2, dropout=0.5)),
+            lambda: training_inside_eval(nn.MultiheadAttention(4, 2, dropout=0.5)),
         ],
-        ids=["dropout", "batchnorm-training", "batchnorm-without-running-stats"],
+        ids=[
+            "dropout",
+            "batchnorm-training",
+            "batchnorm-without-running-stats",
+            "dropout-training-inside-eval",
+            "lstm-dropout-training-inside-eval",
+            "attention-dropout-training-inside-eval",
+        ],
     )
     def test_torch_layers_whose_copies_differ_run_densely(self, make: Callable[[], nn.Module]) -> None:
         recorder = Recorder(make())

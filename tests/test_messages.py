@@ -1128,6 +1128,30 @@ REPEATS = [
         "mode that draws nothing, for example after .eval().",
     ),
     case(
+        "draws-on-rows-repeated-along-two-axes",
+        lambda: Distribute("b t v d -> (b t v) d", noisy, compute_repeats_once=True)(
+            zeros(2, 1, 1, 4).expand(2, 3, 2, 4)
+        ),
+        "The module drew random numbers while it computed the rows repeated along t, v once (a default "
+        "torch generator advanced), so every copy would share one draw.",
+        "  pattern: b t v d -> (b t v) d",
+        "  Leave compute_repeats_once off (the default computes every copy), or call the module in a "
+        "mode that draws nothing, for example after .eval().",
+    ),
+    case(
+        "output-of-rows-repeated-along-two-axes-without-the-folded-dim",
+        lambda: Distribute("b t v d -> (b t v) d", lambda x: x.sum(), compute_repeats_once=True)(
+            zeros(2, 1, 1, 4).expand(2, 3, 2, 4)
+        ),
+        "The output cannot be unfolded: dim 0 should hold the folded (b t v) of size 2, but it has no such dim.",
+        "  pattern: b t v d -> (b t v) d",
+        "  the output: shape ()",
+        "  axis sizes: b=2, t=1, v=1",
+        "  Pass out= with a pattern for this output (for example '(b t v) n -> b t v n' if the folded axes "
+        "are elsewhere), or None to return it as the module gave it.",
+        "  The input repeats (stride 0) along t, v, so the module ran on one copy, which the sizes above show as 1.",
+    ),
+    case(
         "output-of-repeated-rows-without-the-folded-dim",
         lambda: Distribute("b t d -> (b t) d", lambda x: x.sum(), compute_repeats_once=True)(
             zeros(2, 1, 4).expand(2, 3, 4)
@@ -1143,6 +1167,16 @@ REPEATS = [
 ]
 
 JAGGED = [
+    case(
+        "jagged-in-chunks-with-batch-statistics",
+        lambda: Distribute("b t d -> (b t) d", nn.BatchNorm1d(4), chunk_size=2)(jagged([3, 1], 4)),
+        "The module's BatchNorm1d (training mode) normalises with the statistics of the batch it is given, but "
+        "chunk_size=2 runs it on that many rows at a time: its results, and its running averages, would differ "
+        "from one call on the whole folded batch.",
+        "  pattern: b t d -> (b t) d",
+        "  Call .eval() on the module first (running statistics treat rows independently), or pass "
+        "allow_batch_statistics=True to the wrapper to accept statistics over each part.",
+    ),
     case(
         "jagged-with-lengths",
         lambda: Distribute("b t d -> (b t) d", identity)(jagged([2, 3], 4), fold_lengths=[1, 2]),

@@ -194,6 +194,14 @@ class TestJaggedBatchStatistics:
         wrapped = Distribute("b t d -> (b t) d", nn.BatchNorm1d(4), chunk_size=2)
         assert "normalises with the statistics" in message(lambda: wrapped(jagged([3, 1], 4)))
 
+    def test_chunks_when_allowed_normalise_each_chunk(self) -> None:
+        nt = jagged([3, 1], 4)
+        norm = nn.BatchNorm1d(4, affine=False)
+        y = Distribute("b t d -> (b t) d", norm, chunk_size=2, allow_batch_statistics=True)(nt)
+        frames = nt.values()
+        expected = torch.cat([nn.functional.batch_norm(part, None, None, training=True) for part in frames.split(2)])
+        assert_exact(y.values(), expected)
+
 
 class TestJaggedErrors:
     @pytest.mark.parametrize(
