@@ -119,6 +119,25 @@ class TestChunksMatchOneCall:
         assert y.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
         assert_exact(y, conv(x.flatten(0, 1)).unflatten(0, (2, 3)))
 
+    @pytest.mark.parametrize(
+        ("shape", "lay_out", "check"),
+        [
+            ((6, 3, 2, 4, 4), lambda z: z.contiguous(memory_format=torch.channels_last_3d), torch.channels_last_3d),
+            ((6, 3, 4, 5), lambda z: z.transpose(2, 3), torch.contiguous_format),  # neither layout: contiguous
+            ((6, 3, 4, 5, 2), lambda z: z.transpose(3, 4), torch.contiguous_format),
+            ((6, 3, 5), lambda z: z.transpose(1, 2), torch.contiguous_format),
+        ],
+        ids=["channels-last-3d", "transposed-4d", "transposed-5d", "transposed-3d"],
+    )
+    def test_outputs_are_assembled_in_the_layout_of_their_chunks(
+        self, shape: tuple[int, ...], lay_out: Callable[[torch.Tensor], torch.Tensor], check: torch.memory_format
+    ) -> None:
+        x = torch.randn(*shape).unflatten(0, (2, 3))
+        pattern = "b t ... -> (b t) ..."
+        y = Distribute(pattern, lambda z: lay_out(z * 2), chunk_size=4)(x)
+        assert y.flatten(0, 1).is_contiguous(memory_format=check)
+        assert_exact(y, lay_out(x.flatten(0, 1) * 2).unflatten(0, (2, 3)))
+
     @given(
         batch=st.integers(0, 3),
         time=st.integers(0, 5),

@@ -13,7 +13,7 @@ from conftest import assert_exact, loop_reference, message
 from torch import nn
 
 import foldaxes
-from foldaxes import Distribute, TimeDistributed
+from foldaxes import Distribute, TimeDistributed, distribute
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -629,3 +629,16 @@ class TestFactoryAndFunctions:
         assert pickle.loads(pickle.dumps(spec)) == spec
         with pytest.raises(dataclasses.FrozenInstanceError):
             spec.dim = 1  # type: ignore[misc]
+
+
+class TestFunctionDefaults:
+    """``distribute`` has the defaults of ``Distribute``: each is seen where it makes a difference."""
+
+    def test_padded_rows_are_zero(self) -> None:
+        y = distribute("b t d -> (b t) d", lambda z: z + 1)(torch.zeros(2, 3, 4), fold_lengths=[1, 2])
+        expected = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])[..., None].expand(2, 3, 4)
+        assert_exact(y, expected)
+
+    def test_batch_statistics_in_chunks_are_refused(self) -> None:
+        text = message(lambda: distribute("b t d -> (b t) d", nn.BatchNorm1d(4), chunk_size=2)(torch.randn(2, 3, 4)))
+        assert "normalises with the statistics of the batch it is given" in text

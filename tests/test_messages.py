@@ -467,6 +467,13 @@ OPTIONS = [
         "  Pass the module or function as the second positional argument.",
     ),
     case(
+        "function-is-not-callable-in-the-call-form",
+        lambda: distribute("b t -> (b t)", 5),
+        "The wrapped module must be a module instance or another callable, not an object of type int.",
+        "  pattern: b t -> (b t)",
+        "  Pass the module or function as the second positional argument.",
+    ),
+    case(
         "function-is-not-callable",
         lambda: distribute("b t -> (b t)")(5),
         "The wrapped module must be a module instance or another callable, not an object of type int.",

@@ -389,6 +389,17 @@ class TestOutputsOnAHit:
             for _ in range(2):
                 same(wrapped(a), expected)
 
+    def test_a_list_after_a_tuple_of_the_same_length(self) -> None:
+        module = Switch(lambda z: (z, z * 2), lambda z: [z, z * 2])
+        wrapped = Distribute("b t d -> (b t) d", module)
+        a = x(2, 3, 4)
+        for _ in range(2):
+            assert type(wrapped(a)) is tuple
+        module.failing = True
+        for _ in range(2):
+            y = wrapped(a)
+            assert type(y) is list and torch.equal(y[1], a * 2)
+
     @pytest.mark.parametrize(
         ("out", "lengths", "reference"),
         [
