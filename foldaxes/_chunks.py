@@ -20,7 +20,7 @@ from ._errors import fold_error
 from ._execution import Execution, why_partial
 from ._guards import check_batch_statistics
 from ._masks import RowSelection
-from ._plan import product
+from ._plan import FRAME_FORMATS, product
 from ._records import FoldedCall
 from ._tree import TreeSpec, flatten, leaf_paths, unflatten
 
@@ -213,10 +213,7 @@ class _Collector:
 
 def _memory_format(leaf: torch.Tensor) -> torch.memory_format:
     """The memory format that ``leaf`` is laid out in, so that the assembled output keeps it."""
-    if leaf.is_contiguous():
+    candidate = FRAME_FORMATS.get(leaf.ndim)
+    if candidate is None or leaf.is_contiguous() or not leaf.is_contiguous(memory_format=candidate):
         return torch.contiguous_format
-    if leaf.ndim == 4 and leaf.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    if leaf.ndim == 5 and leaf.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
-    return torch.contiguous_format
+    return candidate

@@ -15,7 +15,7 @@ import torch
 from ._errors import FoldError, fold_error
 from ._pattern import ELLIPSIS, Composition, Operand, element_text
 
-__all__ = ["MAX_RANKS", "NoView", "Plan", "Rule", "SizeMismatch", "mergeable", "product"]
+__all__ = ["FRAME_FORMATS", "MAX_RANKS", "NoView", "Plan", "Rule", "SizeMismatch", "mergeable", "product"]
 
 MAX_RANKS = 64
 """How many ranks a per-rank cache holds before it is emptied: a bound on memory, not on the ranks allowed."""
@@ -29,7 +29,8 @@ def product(sizes: Iterable[int]) -> int:
     return total
 
 
-_FRAME_FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
+FRAME_FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
+"""The channels-last layout of a batch of frames, by the batch's rank."""
 
 
 def mergeable(sizes: Sequence[int], strides: Sequence[int], start: int, end: int) -> bool:
@@ -195,7 +196,7 @@ class Plan:
         """
         if self.group is None:
             return torch.contiguous_format
-        candidate = _FRAME_FORMATS.get(x.ndim - self.group[1] + 1)  # by the rank of the merged result
+        candidate = FRAME_FORMATS.get(x.ndim - self.group[1] + 1)  # by the rank of the merged result
         if candidate is None or self.unsqueezes or self.merges != ((0, self.group[1] - 1),):
             return torch.contiguous_format
         if 0 in x.shape[: self.group[1]]:
