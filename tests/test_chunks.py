@@ -6,6 +6,7 @@ profiler's allocation and free events, never with timings.
 from __future__ import annotations
 
 import copy
+import functools
 import pickle
 from collections.abc import Callable
 from typing import Any
@@ -417,3 +418,59 @@ class TestWrapperPlumbing:
             clone(torch.randn(2, 3, 4))
             assert [tuple(x.shape) for x in clone.module.inputs[-2:]] == [(4, 4), (2, 4)]
         assert bool((wrapped(torch.randn(2, 3, 4), fold_lengths=[1, 0])[1] == -1.0).all())
+
+
+class TestCheckpointingAlone:
+    def test_a_pattern_that_folds_nothing(self) -> None:
+        calls: list[int] = []
+
+        def square(z: torch.Tensor) -> torch.Tensor:
+            calls.append(z.shape[0])
+            return z * z
+
+        x = torch.randn(2, 3, 4, requires_grad=True)
+        y = Distribute("b t d -> b t d", square, checkpoint=True)(x)
+        y.sum().backward()
+        assert calls == [2, 2]  # the forward call and its recomputation in the backward pass
+        assert_exact(x.grad, 2 * x.detach())
+
+    def test_a_keyword_that_folds_other_axes(self) -> None:
+        x, m = torch.randn(2, 3, 4, requires_grad=True), torch.randn(2, 5)
+        wrapped = Distribute(
+            "b t d -> (b t) d", lambda a, m: a * m.sum(), fold_kwargs={"m": "b s -> (b s)"}, checkpoint=True
+        )
+        y = wrapped(x, m=m)
+        assert_exact(y, x * m.sum())
+        y.sum().backward()
+        assert_exact(x.grad, m.sum().expand(2, 3, 4))
+
+    @pytest.mark.parametrize("grad", [True, False], ids=["grad", "no-grad"])
+    def test_chunks_run_once_unless_checkpointed(self, grad: bool) -> None:
+        calls: list[int] = []
+
+        def square(z: torch.Tensor) -> torch.Tensor:
+            calls.append(z.shape[0])
+            return z * z
+
+        x = torch.randn(2, 3, 4, requires_grad=grad)
+        with torch.set_grad_enabled(grad):
+            y = Distribute("b t d -> (b t) d", square, chunk_size=4)(x)
+        if grad:
+            y.sum().backward()
+        assert calls == [4, 2]  # two chunks, each once: no recomputation without checkpoint=True
+        calls.clear()
+        with torch.set_grad_enabled(grad):
+            y = Distribute("b t d -> (b t) d", square, chunk_size=4, checkpoint=True)(x)
+        if grad:
+            y.sum().backward()
+        assert sorted(calls) == ([2, 2, 4, 4] if grad else [2, 4])  # without gradients, nothing to recompute
+
+
+class TestGuardsSeeEveryCarriedModule:
+    def test_a_batchnorm_in_the_second_module_a_partial_carries(self) -> None:
+        def both(first: nn.Module, second: nn.Module, x: torch.Tensor) -> torch.Tensor:
+            return second(first(x))  # type: ignore[no-any-return]
+
+        fn = functools.partial(both, nn.Linear(4, 4), nn.BatchNorm1d(4))
+        text = message(lambda: Distribute("b t d -> (b t) d", fn, chunk_size=2)(torch.randn(2, 3, 4)))
+        assert "BatchNorm1d" in text and "normalises with the statistics" in text

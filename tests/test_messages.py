@@ -1054,6 +1054,16 @@ ROWS = [
         "allow_batch_statistics=True to the wrapper to accept statistics over each part.",
     ),
     case(
+        "batch-statistics-under-checkpointing",
+        lambda: Distribute("b t d -> (b t) d", nn.BatchNorm1d(4), checkpoint=True)(zeros(2, 3, 4)),
+        "The module's BatchNorm1d (training mode) normalises with the statistics of the batch it is given, but "
+        "checkpoint=True runs it a second time during the backward pass: its results, and its running averages, "
+        "would differ from one call on the whole folded batch.",
+        "  pattern: b t d -> (b t) d",
+        "  Call .eval() on the module first (running statistics treat rows independently), or pass "
+        "allow_batch_statistics=True to the wrapper to accept statistics over each part.",
+    ),
+    case(
         "batch-statistics-on-the-valid-rows",
         lambda: Distribute("b t d -> (b t) d", nn.BatchNorm1d(4, track_running_stats=False).eval())(
             zeros(2, 3, 4), fold_lengths=[1, 2]
