@@ -94,6 +94,11 @@ NOT_VIEWS = {
     "time-major": (PATTERN, lambda: time_major(2, 3, 3, 5, 5), "Writing the group as (t b)"),
     "crop": (PATTERN, lambda: torch.randn(2, 6, 3, 5, 5)[:, :3], "There is a gap in memory"),
     "expanded": (PATTERN, lambda: torch.randn(2, 1, 3, 5, 5).expand(2, 4, 3, 5, 5), "t has stride 0"),
+    "time-major-around-a-unit-axis": (  # the unit axis has no say: b and t still cannot merge
+        "b u t c -> (b u t) c",
+        lambda: torch.randn(3, 2, 4).transpose(0, 1).unsqueeze(1),
+        "Writing the group as (u t b)",
+    ),
 }
 
 
@@ -116,6 +121,11 @@ class TestCopyFalse:
         assert text.startswith("argument 0 cannot be folded without a copy, and copy=False forbids one. ")
         assert report.reason in text and hint in text
         assert f"argument 0 (strides {tuple(x.stride())}): shape {tuple(x.shape)}" in text
+
+    def test_an_empty_input_is_always_a_view(self) -> None:
+        x = time_major(2, 0, 3, 5, 5)
+        folded, _ = foldaxes.fold(x, PATTERN, copy=False)
+        assert folded.shape == (0, 3, 5, 5)
 
     def test_names_the_pattern_that_would_be_a_view(self) -> None:
         text = message(lambda: foldaxes.fold(time_major(2, 3, 3, 5, 5), PATTERN, copy=False))
@@ -162,6 +172,21 @@ class TestCopyFalse:
 class InPlace(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return z.mul_(2)
+
+
+class TestCopyTrueLayout:
+    def test_a_view_that_is_not_contiguous_becomes_a_contiguous_copy(self) -> None:
+        x = torch.randn(2, 3, 5, 4).permute(0, 1, 3, 2)  # (b t) merges by a view, c and d are swapped
+        folded, _ = foldaxes.fold(x, "b t c d -> (b t) c d", copy=True)
+        assert folded.is_contiguous() and folded.data_ptr() != x.data_ptr()
+        assert torch.equal(folded, x.flatten(0, 1))
+
+    def test_channels_last_frames_around_a_unit_axis(self) -> None:
+        frames = torch.randn(3 * 2, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+        x = frames.unflatten(0, (3, 2)).transpose(0, 1).unsqueeze(1)  # (b, u=1, t, c, h, w), time-major
+        folded, _ = foldaxes.fold(x, "b u t c h w -> (b u t) c h w")
+        assert folded.is_contiguous(memory_format=torch.channels_last) and not folded.is_contiguous()
+        assert torch.equal(folded, x.reshape(6, 3, 4, 4))
 
 
 class TestCopyTrue:

@@ -540,6 +540,30 @@ class TestCaches:
             tracemalloc.stop()
         assert kept < 2_000_000, f"{kept} bytes kept"
 
+    def test_fold_specs_per_size_stay_bounded_and_keep_their_template(self) -> None:
+        pattern = "b t -> (b t)"
+        for batch in range(1, 101):  # 100 group sizes of one pattern and rank
+            x = torch.randn(batch, 2)
+            folded, spec = foldaxes.fold(x, pattern)
+            assert torch.equal(foldaxes.unfold(folded, spec), x)
+            specs = foldaxes._fold._FLATTENS[(pattern, torch.Tensor, 2)][2]
+            assert () in specs and 0 < len(specs) <= 64
+
+    def test_bounded_cache_memoises_and_empties_when_full(self) -> None:
+        calls: list[int] = []
+
+        @foldaxes._cache.bounded_cache(3)
+        def double(n: int) -> int:
+            calls.append(n)
+            return 2 * n
+
+        assert [double(1), double(1), double(2), double(3)] == [2, 2, 4, 6]
+        assert calls == [1, 2, 3]
+        double(4)  # full: the memo is emptied, then holds 4
+        double(1)
+        assert calls == [1, 2, 3, 4, 1]
+        assert double([1]) == [1, 1] and calls[-1] == [1]  # unhashable: called, never memoised
+
     def test_per_rank_caches_stay_bounded(self) -> None:
         """A wrapper called at more ranks than its caches hold keeps at most 64 plans and 64 fast-path spans."""
         wrapped = Distribute("... c -> (...) c", nn.Identity())
