@@ -158,8 +158,8 @@ def _parse_operand(
         )
     if lhs.has_ellipsis and lhs.has_ellipsis_parenthesized:
         raise fail("'...' cannot stand inside parentheses on the left", ELLIPSIS)
-    only_left = sorted(lhs.identifiers - rhs.identifiers, key=str)
-    only_right = sorted(rhs.identifiers - lhs.identifiers, key=str)
+    only_left = sorted(lhs.identifiers - rhs.identifiers)  # names, and ELLIPSIS: all strings
+    only_right = sorted(rhs.identifiers - lhs.identifiers)
     if only_left or only_right:
         side, name = ("lhs", only_left[0]) if only_left else ("rhs", only_right[0])
         one_sided = only_left + only_right

@@ -175,6 +175,20 @@ PATTERNS = [
         "  Name the axis and give its length as a keyword, for example 'v' with v=2.",
     ),
     case(
+        "number-axis-on-the-right-only",
+        lambda: Distribute("b t -> (b t) 3", nn.Identity()),
+        "Axes of a fixed length other than 1 cannot be written as numbers in operand 0 ('b t -> (b t) 3').",
+        "  pattern: b t -> (b t) 3",
+        "  Name the axis and give its length as a keyword, for example 'v' with v=2.",
+    ),
+    case(
+        "number-axis-on-the-left-only",
+        lambda: Distribute("b t 3 -> (b t)", nn.Identity()),
+        "Axes of a fixed length other than 1 cannot be written as numbers in operand 0 ('b t 3 -> (b t)').",
+        "  pattern: b t 3 -> (b t)",
+        "  Name the axis and give its length as a keyword, for example 'v' with v=2.",
+    ),
+    case(
         "ellipsis-in-left-group",
         lambda: Distribute("b (t ...) -> (b t) ...", nn.Identity()),
         "'...' cannot stand inside parentheses on the left in operand 0 ('b (t ...) -> (b t) ...').",
