@@ -466,7 +466,30 @@ class TestCheckpointingAlone:
         assert sorted(calls) == ([2, 2, 4, 4] if grad else [2, 4])  # without gradients, nothing to recompute
 
 
+def in_closures(fn: Callable[..., Any], times: int) -> Callable[..., Any]:
+    """``fn`` called from ``times`` nested closures, each holding the one inside it."""
+    for _ in range(times):
+        fn = (lambda inner: lambda x: inner(x))(fn)
+    return fn
+
+
 class TestGuardsSeeEveryCarriedModule:
+    @pytest.mark.parametrize(("times", "refused"), [(1, True), (4, True), (5, False)], ids=["1", "4", "5"])
+    def test_modules_are_looked_for_four_wrappers_deep(self, times: int, refused: bool) -> None:
+        wrapped = Distribute("b t d -> (b t) d", in_closures(nn.BatchNorm1d(4), times), chunk_size=2)
+        if refused:
+            assert "normalises with the statistics" in message(lambda: wrapped(torch.randn(2, 3, 4)))
+        else:  # the documented depth: deeper wrappers are not searched
+            assert wrapped(torch.randn(2, 3, 4)).shape == (2, 3, 4)
+
+    def test_a_function_that_holds_itself(self) -> None:
+        def recurse(x: torch.Tensor, depth: int = 0) -> torch.Tensor:
+            return x if depth else recurse(x, 1)  # its closure holds recurse itself
+
+        norm = nn.BatchNorm1d(4)
+        wrapped = Distribute("b t d -> (b t) d", lambda x: norm(recurse(x)), chunk_size=2)
+        assert "normalises with the statistics" in message(lambda: wrapped(torch.randn(2, 3, 4)))
+
     def test_a_batchnorm_in_the_second_module_a_partial_carries(self) -> None:
         def both(first: nn.Module, second: nn.Module, x: torch.Tensor) -> torch.Tensor:
             return second(first(x))  # type: ignore[no-any-return]
