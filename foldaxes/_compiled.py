@@ -228,8 +228,8 @@ class CompiledPattern:
         keyword: bool,
     ) -> tuple[Any, Sequence[int], int | None]:
         plan = rule.plan(x, label) if xp is not None else _dense(x, label, rule).plan(x, label)
-        recipe = not keyword and self.single  # a Distribute(...) line can rewrite only a one-operand pattern
-        folded, group_sizes, elementary = _apply(plan, x, self.lengths, copy, xp, label, rule, recipe)
+        with_recipe = not keyword and self.single  # a Distribute(...) line rewrites only a one-operand pattern
+        folded, group_sizes, elementary = _apply(plan, x, self.lengths, copy, xp, label, rule, with_recipe)
         names, same_group = compared
         for name, size in zip(plan.names, elementary, strict=True):
             if name in names:
@@ -285,11 +285,18 @@ def _dense(x: torch.Tensor, label: str, rule: Rule) -> Rule:
 
 
 def _apply(
-    plan: Plan, x: Any, lengths: Mapping[str, int], copy: bool | None, xp: Any, label: str, rule: Rule, recipe: bool
+    plan: Plan,
+    x: Any,
+    lengths: Mapping[str, int],
+    copy: bool | None,
+    xp: Any,
+    label: str,
+    rule: Rule,
+    with_recipe: bool,
 ) -> tuple[Any, Sequence[int] | None, Sequence[int]]:
     """``plan`` applied to ``x`` (a tensor, or an array of ``xp``), its errors told in the call's words.
 
-    ``recipe``: whether a refused copy may suggest a ``Distribute(...)`` line with ``rule``'s pattern reordered.
+    ``with_recipe``: whether a refused copy may suggest a ``Distribute(...)`` line with ``rule``'s pattern reordered.
     """
     try:
         return plan.apply(x, lengths, copy) if xp is None else apply_plan(plan, x, lengths, copy, xp)
@@ -303,7 +310,7 @@ def _apply(
                 hint="Leave copy=None to copy.",
             ) from None
         example = x if xp is None else meta_like(x.shape, strides)
-        raise copy_refused(label, rule.pattern, rule.operand, plan, example, lengths, recipe) from None
+        raise copy_refused(label, rule.pattern, rule.operand, plan, example, lengths, with_recipe) from None
     except SizeMismatch as mismatch:
         raise fold_error(
             f"{label} does not fit the pattern: {mismatch.what}.",
