@@ -389,8 +389,18 @@ class TestOutputsOnAHit:
             for _ in range(2):
                 same(wrapped(a), expected)
 
-    def test_a_list_after_a_tuple_of_the_same_length(self) -> None:
-        module = Switch(lambda z: (z, z * 2), lambda z: [z, z * 2])
+    @pytest.mark.parametrize(
+        ("first", "then"),
+        [
+            (lambda z: (z, z * 2), lambda z: [z, z * 2]),  # every part a split
+            (lambda z: (z * 2, "label"), lambda z: [z * 2, "label"]),  # a split beside a plain value
+        ],
+        ids=["splits", "mixed"],
+    )
+    def test_a_list_after_a_tuple_of_the_same_length(
+        self, first: Callable[[torch.Tensor], Any], then: Callable[[torch.Tensor], Any]
+    ) -> None:
+        module = Switch(first, then)
         wrapped = Distribute("b t d -> (b t) d", module)
         a = x(2, 3, 4)
         for _ in range(2):
@@ -398,7 +408,7 @@ class TestOutputsOnAHit:
         module.failing = True
         for _ in range(2):
             y = wrapped(a)
-            assert type(y) is list and torch.equal(y[1], a * 2)
+            assert type(y) is list and torch.equal(y[0], a * 2 if isinstance(y[1], str) else a)
 
     @pytest.mark.parametrize(
         ("out", "lengths", "reference"),
