@@ -401,6 +401,13 @@ OPTIONS = [
         "  Pass for example chunk_size=64, or None to run the module once.",
     ),
     case(
+        "chunk-size-not-positive-in-the-function-form",
+        lambda: distribute("b t c -> (b t) c", identity, chunk_size=0),
+        "chunk_size must be a positive int (rows of the folded batch per call), not 0.",
+        "  pattern: b t c -> (b t) c",
+        "  Pass for example chunk_size=64, or None to run the module once.",
+    ),
+    case(
         "flag-not-a-bool",
         lambda: Distribute("b t c -> (b t) c", nn.Identity(), checkpoint="yes"),
         "checkpoint must be True or False, not 'yes'.",
