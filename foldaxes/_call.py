@@ -3,12 +3,13 @@
 ``Caller.call`` lists the ways in order, each chosen by a condition written where it is chosen:
 
 1. fast: one dense tensor whose fold is a single ``flatten`` view, and the default unfold;
-2. recorded: a call of a structure seen before, folded by the program its first call recorded (``_program.py``);
-3. jagged: nested tensors with ``layout=torch.jagged``, run on their packed frames (``_ragged.py``);
-4. arrays: NumPy and other array API arrays, with the functional API (``_arrays.py``);
-5. repeated: with ``compute_repeats_once``, rows repeated along a folded axis run once (``_expanded.py``);
-6. plain: every other call, folded by ``CompiledPattern.fold`` and run once on every row;
-7. rows: chunks, checkpointing, or only the valid rows of ``fold_mask`` / ``fold_lengths`` (``_chunks.py``).
+2. flattens: positional tensors only, each folded by one ``flatten`` view, as a recorded call of that number did;
+3. recorded: a call of a structure seen before, folded by the program its first call recorded (``_program.py``);
+4. jagged: nested tensors with ``layout=torch.jagged``, run on their packed frames (``_ragged.py``);
+5. arrays: NumPy and other array API arrays, with the functional API (``_arrays.py``);
+6. repeated: with ``compute_repeats_once``, rows repeated along a folded axis run once (``_expanded.py``);
+7. plain: every other call, folded by ``CompiledPattern.fold`` and run once on every row;
+8. rows: chunks, checkpointing, or only the valid rows of ``fold_mask`` / ``fold_lengths`` (``_chunks.py``).
 """
 
 from __future__ import annotations
@@ -27,17 +28,20 @@ from ._expanded import find_repeats, has_zero_stride
 from ._masks import MASK, SAMPLE_LENGTHS, RowSelection
 from ._notes import add_fold_note
 from ._plan import MAX_RANKS, mergeable, product
-from ._program import MISS, InputProgram, OutputProgram, record_outputs
+from ._program import MISS, FlattenProgram, InputProgram, OutputProgram, SizesAt, record_outputs, sizes_at
 from ._ragged import call_jagged
 from ._records import FoldedCall
 
 __all__ = ["Caller", "check_callable"]
 
 _STRIDED = torch.strided
+_Tensor = torch.Tensor
+_flatten = torch.flatten
+_unflatten = torch.unflatten
+_is_compiling = torch.compiler.is_compiling
+"""Bound once, as the fast paths run them on every call: one lookup instead of two."""
 Structure = tuple[Any, ...] | int
 """A call's structure, under which its programs are kept: its number of positional arguments, and its keywords."""
-_FAST: Structure = ("fast path",)
-"""The call structure under which the fast path keeps the program for outputs that are not one tensor."""
 _MAX_STRUCTURES = 64
 _PROGRAMS_PER_STRUCTURE = 4
 _UNRECORDED = OutputProgram(lambda value, env: MISS)
@@ -71,37 +75,61 @@ class Caller:
             )
         self._fast = pattern.single and pattern.outputs.out is None and execution.plain and execution.copy is None
         self._repeats_once = execution.compute_repeats_once
-        self._flatten_spans: dict[int, tuple[int, int] | None] = {}
+        self._split_tensor = pattern.outputs.out is None
+        self._flatten_spans: dict[int, tuple[int, int, SizesAt] | None] = {}
         self._inputs: dict[Structure, tuple[InputProgram, ...]] = {}
+        self._flattens: dict[Structure, FlattenProgram] = {}
         self._outputs: dict[Structure, OutputProgram | None] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Leaves the caches out of a pickle or deep copy: the next call rebuilds them, and some hold closures."""
+        caches = ("_flatten_spans", "_inputs", "_flattens", "_outputs")
+        return {name: {} if name in caches else value for name, value in self.__dict__.items()}
 
     def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
         """Folds ``args`` and ``kwargs``, calls ``fn`` by the first path that applies, and unfolds its outputs."""
         # 1. Fast: one dense tensor whose fold is one flatten (a view), then one unflatten of the output.
+        folded_args: Sequence[torch.Tensor] | None = None
+        compiling = _is_compiling()
         if self._fast and len(args) == 1 and not kwargs:
             x = args[0]
-            if isinstance(x, torch.Tensor) and x.layout is _STRIDED and not x.is_nested:
+            if isinstance(x, _Tensor) and x.layout is _STRIDED and not x.is_nested:
                 spans, ndim = self._flatten_spans, x.ndim
                 span = spans[ndim] if ndim in spans else self._flatten_span(x)
                 # A contiguous tensor flattens by a view and repeats nothing; any other needs its strides read.
                 if span is not None and (
                     x.is_contiguous()
-                    or (mergeable(x.shape, x.stride(), *span) and not (self._repeats_once and has_zero_stride(x, span)))
+                    or (
+                        mergeable(x.shape, x.stride(), *span[:2])
+                        and not (self._repeats_once and has_zero_stride(x, span[:2]))
+                    )
                 ):
-                    start, end = span
-                    sizes = x.shape[start : end + 1]
-                    folded = x.flatten(start, end)
-                    try:
-                        y = fn(folded)
-                    except Exception as error:
-                        add_fold_note(error, self.pattern, args, kwargs, (folded,), {}, sizes)
-                        raise
-                    if isinstance(y, torch.Tensor) and y.ndim > start and y.shape[start] == product(sizes):
-                        return torch.unflatten(y, start, sizes)
-                    return self._unfold(y, start, sizes, _FAST)
+                    dim, end, sizes_of = span
+                    folded_args, group_sizes = (_flatten(x, dim, end),), sizes_of(x.shape)
+        # 2. Flattens: positional tensors only, each folded by one flatten view and checked by integer comparisons,
+        # as the first call of this number of them was. Only plain calls with copy=None record one.
+        elif self._flattens and not kwargs and not compiling:
+            flattens = self._flattens.get(len(args))
+            flattened = None if flattens is None else flattens.fold(args)
+            if flattened is not None:
+                (folded_args, group_sizes), dim = flattened, flattens.dim  # type: ignore[union-attr]
+        if folded_args is not None:
+            try:
+                y = fn(*folded_args)
+            except Exception as error:
+                add_fold_note(error, self.pattern, args, kwargs, folded_args, {}, group_sizes)
+                raise
+            if self._split_tensor and type(y) is _Tensor and not compiling:
+                # The checks of split_leaf, left to torch: a dim out of range or of another size raises. Not while
+                # dynamo traces, which turns the error into its own.
+                try:
+                    return _unflatten(y, dim, group_sizes)
+                except (IndexError, RuntimeError):
+                    pass  # the full unfold raises its own error for it
+            return self._unfold(y, dim, group_sizes, len(args), compiling)
         pattern, execution = self.pattern, self.execution
         structure = (len(args), *kwargs) if kwargs else len(args)
-        # 2. Recorded: a structure that the full path has folded before, folded again by the program it recorded
+        # 3. Recorded: a structure that the full path has folded before, folded again by the program it recorded
         # (_program.py). Only calls without a mask or repeats record one, and a program refuses jagged tensors.
         call = None
         for program in self._inputs.get(structure, ()):
@@ -111,7 +139,7 @@ class Caller:
         repeats = selection = None
         if call is None:
             given, (kwargs, selection) = kwargs, RowSelection.take(kwargs)
-            # 3. Jagged: nested tensors with layout=torch.jagged run on their packed frames, with no padding or copy.
+            # 4. Jagged: nested tensors with layout=torch.jagged run on their packed frames, with no padding or copy.
             if _any_jagged(args, kwargs, pattern.kwarg_rules):
                 return call_jagged(
                     fn,
@@ -133,12 +161,12 @@ class Caller:
                     "the valid rows are gathered from the folded group and scattered back at the folded dim of each "
                     "output.",
                 )
-            # 4. Arrays: with the functional API, NumPy and other array API arrays fold through their own namespace.
+            # 5. Arrays: with the functional API, NumPy and other array API arrays fold through their own namespace.
             xp = library_of(args, kwargs, tuple(pattern.kwarg_rules), pattern.text) if self.arrays else None
             if xp is not None:
                 refuse_torch_features(selection, execution, pattern.text)
                 call = pattern.fold(args, kwargs, execution.copy, xp)
-            # 5. Repeated: with compute_repeats_once, rows repeated along a folded axis (stride 0) run once. Dynamo
+            # 6. Repeated: with compute_repeats_once, rows repeated along a folded axis (stride 0) run once. Dynamo
             # cannot trace the check for random draws, so compiled code computes every copy.
             elif selection is None and execution.compute_repeats_once and not torch.compiler.is_compiling():
                 arguments = pattern.tensor_arguments(args, kwargs)
@@ -150,10 +178,10 @@ class Caller:
                 if kwargs is given:  # no fold_mask or fold_lengths, not even None: the program passes every keyword
                     self._record(args, kwargs, structure, call)
         try:
-            # 6. Plain: one call on every row.
+            # 7. Plain: one call on every row.
             if execution.plain and selection is None:
                 result = fn(*call.args, **call.kwargs)
-            # 7. Rows: in chunks, checkpointed, or on the valid rows only.
+            # 8. Rows: in chunks, checkpointed, or on the valid rows only.
             else:
                 result = call_rows(fn, call, execution, selection, pattern.text, pattern.group_text)
         except Exception as error:
@@ -163,7 +191,7 @@ class Caller:
         if repeats is not None:
             repeats.check_no_draws(pattern.text)
             return repeats.unfold(pattern.outputs, result, call)
-        return self._unfold(result, call.dim, call.group_sizes, structure)
+        return self._unfold(result, call.dim, call.group_sizes, structure, compiling)
 
     def _record(self, args: Sequence[Any], kwargs: Mapping[str, Any], structure: Structure, call: FoldedCall) -> None:
         """Records how ``call`` was folded, for later calls of its structure; the latest few per structure are kept."""
@@ -172,8 +200,11 @@ class Caller:
         programs = self._inputs.get(structure, ())
         program = self.pattern.program(args, kwargs, call, self.execution.copy, self.arrays)
         _store(self._inputs, structure, (program, *programs[: _PROGRAMS_PER_STRUCTURE - 1]))
+        flattens = FlattenProgram.of(program) if self.execution.plain and type(structure) is int else None
+        if flattens is not None:
+            _store(self._flattens, structure, flattens)
 
-    def _unfold(self, result: Any, dim: int | None, sizes: Sequence[int], structure: Structure) -> Any:
+    def _unfold(self, result: Any, dim: int | None, sizes: Sequence[int], structure: Structure, compiling: bool) -> Any:
         """``OutputRules.unfold``, or the program that the last output of a call of this structure recorded."""
         outputs = self.pattern.outputs
         if dim is None:
@@ -184,7 +215,7 @@ class Caller:
             return outputs.unfold(result, dim, sizes)
         program = self._outputs.get(structure, _UNRECORDED)
         if program is not None:  # None: an output that no program can unfold, recorded once
-            unfolded = program.run(result, outputs, dim, sizes)
+            unfolded = program.run(result, outputs, dim, sizes, compiling)
             if unfolded is not MISS:
                 return unfolded
         unfolded = outputs.unfold(result, dim, sizes)
@@ -192,9 +223,11 @@ class Caller:
             _store(self._outputs, structure, record_outputs(outputs, result))
         return unfolded
 
-    def _flatten_span(self, x: torch.Tensor) -> tuple[int, int] | None:
-        """The fast path's one ``flatten``, cached per rank; ``None`` sends every call of that rank on."""
-        span = self.pattern.rules[0].plan(x, "argument 0").flatten_only
+    def _flatten_span(self, x: torch.Tensor) -> tuple[int, int, SizesAt] | None:
+        """The fast path's one ``flatten`` and what reads the group's sizes, cached per rank; ``None`` sends every
+        call of that rank on."""
+        flatten = self.pattern.rules[0].plan(x, "argument 0").flatten_only
+        span = None if flatten is None else (*flatten, sizes_at(range(flatten[0], flatten[1] + 1)))
         if not torch.compiler.is_compiling():  # a cache write while dynamo traces is a side effect of the graph
             if len(self._flatten_spans) >= MAX_RANKS:
                 self._flatten_spans.clear()

@@ -300,9 +300,11 @@ def distribute(
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
         check_callable(function, pattern)
 
+        call = caller.call
+
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return caller.call(function, args, kwargs)
+            return call(function, args, kwargs)
 
         return wrapper
 

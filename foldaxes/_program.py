@@ -21,9 +21,24 @@ from ._plan import NoView, Plan, Rule, SizeMismatch, mergeable, product
 from ._records import FoldedCall, Key
 from ._unfold import OutputRules, bind_group, conform
 
-__all__ = ["MISS", "InputProgram", "OutputProgram", "ProgramInput", "as_slice", "merged_checks", "record_outputs"]
+__all__ = [
+    "MISS",
+    "FlattenProgram",
+    "InputProgram",
+    "OutputProgram",
+    "ProgramInput",
+    "SizesAt",
+    "as_slice",
+    "merged_checks",
+    "record_outputs",
+    "sizes_at",
+]
 
 _STRIDED = torch.strided
+_Tensor = torch.Tensor
+_flatten = torch.flatten
+_unflatten = torch.unflatten
+"""Bound once, as ``FlattenProgram.fold`` runs them for every tensor of every call: one lookup instead of two."""
 _ATOMS = (type(None), bool, int, float, complex, str, bytes)
 """Output leaves that the full path passes through as they are and a program may too."""
 
@@ -115,6 +130,104 @@ class InputProgram(NamedTuple):
         return FoldedCall(tuple(folded_args), folded_kwargs, self.dim, group_sizes, self.row_slots, self.other_group)
 
 
+class FlattenProgram:
+    """An input program whose arguments are all positional dense tensors, each folded by one ``flatten``.
+
+    The common call of several tensors (attention's query, key and value; the operands of a two-operand pattern)
+    needs nothing else: a shape and a view per tensor, and the size equalities as comparisons of tuples. The shapes
+    of the last call whose sizes agreed are kept with its group's sizes: a call with the same shapes, the common
+    case, skips the comparisons. Eager calls only: under dynamo, comparing symbolic shapes to the kept ones would
+    specialize them.
+
+    Attributes:
+        spans: ``(rank, start, end)`` of each positional argument, folded by ``flatten(start, end)``.
+        equal: ``(tensor, sizes, other, other_sizes)``: the sizes that ``sizes`` reads off the shape of
+            argument ``tensor`` must equal those that ``other_sizes`` reads off the shape of ``other``.
+        carrier: The index of the argument whose shape gives the folded group's sizes.
+        group_sizes: Reads the folded group's sizes off the carrier's shape, as a tuple (which ``torch.unflatten``
+            takes faster than a ``torch.Size``).
+        dim: The folded dim.
+    """
+
+    __slots__ = ("_agreed", "carrier", "dim", "equal", "group_sizes", "spans")
+
+    def __init__(
+        self,
+        spans: tuple[tuple[int, int, int], ...],
+        equal: tuple[tuple[int, SizesAt, int, SizesAt], ...],
+        carrier: int,
+        group_sizes: SizesAt,
+        dim: int,
+    ) -> None:
+        self.spans = spans
+        self.equal = equal
+        self.carrier = carrier
+        self.group_sizes = group_sizes
+        self.dim = dim
+        self._agreed: tuple[list[torch.Size], tuple[int, ...]] = ([], ())
+
+    @staticmethod
+    def of(program: InputProgram) -> FlattenProgram | None:
+        """``program`` as a flatten program, when its arguments are positional tensors folded by views alone."""
+        spans = tuple((ndim, *span) for key, ndim, span, _ in program.tensors if isinstance(key, int) and span)
+        group = program.group
+        if len(spans) != program.nargs or type(group) is not slice or program.dim is None or program.carrier < 0:
+            return None
+        positions: dict[tuple[int, int], tuple[list[int], list[int]]] = {}
+        for first, axes, other, other_axes in program.checks:
+            pair = positions.setdefault((first, other), ([], []))
+            pair[0].extend(range(axes.start, axes.stop))
+            pair[1].extend(range(other_axes.start, other_axes.stop))
+        equal = tuple(
+            (first, sizes_at(axes), other, sizes_at(others)) for (first, other), (axes, others) in positions.items()
+        )
+        group_sizes = sizes_at(range(group.start, group.stop))
+        return FlattenProgram(spans, equal, program.carrier, group_sizes, program.dim)
+
+    def fold(self, args: Sequence[Any]) -> tuple[list[torch.Tensor], tuple[int, ...]] | None:
+        """The folded arguments and the folded group's sizes; ``None`` when a tensor or size differs, or a view
+        cannot be made."""
+        shapes = []
+        folded = []
+        for x, (ndim, start, end) in zip(args, self.spans, strict=False):
+            if not isinstance(x, _Tensor) or x.layout is not _STRIDED or x.is_nested:
+                return None
+            shape = x.shape
+            if len(shape) != ndim or not (x.is_contiguous() or mergeable(shape, x.stride(), start, end)):
+                return None
+            shapes.append(shape)
+            folded.append(_flatten(x, start, end))
+        agreed_shapes, agreed_sizes = self._agreed
+        if shapes == agreed_shapes:
+            return folded, agreed_sizes
+        for first, sizes, other, other_sizes in self.equal:
+            if sizes(shapes[first]) != other_sizes(shapes[other]):
+                return None
+        group_sizes = self.group_sizes(shapes[self.carrier])
+        self._agreed = (shapes, group_sizes)  # one assignment: a thread reads the old pair or the new, never a mix
+        return folded, group_sizes
+
+
+SizesAt = Callable[[Sequence[int]], tuple[int, ...]]
+"""Reads the sizes at some positions of a shape, as a tuple."""
+
+
+def sizes_at(positions: Sequence[int]) -> SizesAt:
+    """What reads the sizes at ``positions`` of a shape, as a tuple.
+
+    A closure per count rather than an ``operator.itemgetter``, which dynamo cannot trace on a shape.
+    """
+    match tuple(positions):
+        case (first,):
+            return lambda shape: (shape[first],)
+        case (first, second):
+            return lambda shape: (shape[first], shape[second])
+        case (first, second, third):
+            return lambda shape: (shape[first], shape[second], shape[third])
+        case many:
+            return lambda shape: tuple([shape[position] for position in many])
+
+
 def as_slice(positions: Sequence[int]) -> slice | tuple[int, ...]:
     """``positions`` as a slice when they are consecutive and in order (a cheaper lookup), else as they are."""
     if positions and list(positions) == list(range(positions[0], positions[0] + len(positions))):
@@ -136,16 +249,30 @@ def merged_checks(pairs: Sequence[tuple[int, int, int, int]]) -> tuple[tuple[int
 
 
 class _Env:
-    """What unfolding one call's outputs needs: the folded dim, the group's sizes, and the out= bindings."""
+    """What unfolding one call's outputs needs: the folded dim, the group's sizes, and the out= bindings.
 
-    __slots__ = ("_bindings", "dim", "outputs", "sizes", "total")
+    ``trusted``: whether torch's own checks may stand in for the program's. ``torch.unflatten`` raises for a dim out
+    of range or of another size than the group's; a plain tensor is split in a ``try`` and steps aside when it
+    raises, which is cheaper than reading its shape first. Not while dynamo traces, which turns that error into its
+    own, and not for an empty group, which is squeezed rather than split.
+    """
 
-    def __init__(self, outputs: OutputRules, dim: int, sizes: Sequence[int]) -> None:
+    __slots__ = ("_bindings", "_total", "dim", "outputs", "sizes", "trusted")
+
+    def __init__(self, outputs: OutputRules, dim: int, sizes: Sequence[int], compiling: bool) -> None:
         self.outputs = outputs
         self.dim = dim
         self.sizes = sizes
-        self.total = product(sizes)
+        self.trusted = bool(sizes) and not compiling
+        self._total = -1
         self._bindings: dict[str, int] | None = None
+
+    @property
+    def total(self) -> int:
+        """The number of folded rows."""
+        if self._total < 0:
+            self._total = product(self.sizes)
+        return self._total
 
     @property
     def bindings(self) -> dict[str, int]:
@@ -163,8 +290,8 @@ class OutputProgram(NamedTuple):
 
     root: Node
 
-    def run(self, result: Any, outputs: OutputRules, dim: int, sizes: Sequence[int]) -> Any:
-        return self.root(result, _Env(outputs, dim, sizes))
+    def run(self, result: Any, outputs: OutputRules, dim: int, sizes: Sequence[int], compiling: bool) -> Any:
+        return self.root(result, _Env(outputs, dim, sizes, compiling))
 
 
 def record_outputs(outputs: OutputRules, result: Any) -> OutputProgram | None:
@@ -187,9 +314,20 @@ def _keep(value: Any, env: _Env) -> Any:
 
 
 def _split(value: Any, env: _Env) -> Any:
-    if not isinstance(value, torch.Tensor) or value.ndim <= env.dim or value.shape[env.dim] != env.total:
+    return _split_at(value, env.dim, env)
+
+
+def _split_at(value: Any, dim: int, env: _Env) -> Any:
+    """``value`` with dim ``dim`` split into the folded group's axes (removed when there are none); ``MISS`` when it
+    is no tensor with the folded rows at ``dim``."""
+    if env.trusted and type(value) is _Tensor:
+        try:
+            return _unflatten(value, dim, env.sizes)
+        except (IndexError, RuntimeError):
+            return MISS
+    if not isinstance(value, torch.Tensor) or value.ndim <= dim or value.shape[dim] != env.total:
         return MISS
-    return torch.unflatten(value, env.dim, env.sizes) if env.sizes else value.squeeze(env.dim)
+    return torch.unflatten(value, dim, env.sizes) if env.sizes else value.squeeze(dim)
 
 
 class _Rearrange(NamedTuple):
@@ -231,9 +369,9 @@ class _SplitAt(NamedTuple):
     ndim: int
 
     def run(self, value: Any, env: _Env) -> Any:
-        if not isinstance(value, torch.Tensor) or value.ndim != self.ndim or value.shape[self.dim] != env.total:
+        if not isinstance(value, torch.Tensor) or value.ndim != self.ndim:
             return MISS
-        return torch.unflatten(value, self.dim, env.sizes)
+        return _split_at(value, self.dim, env)
 
 
 class _Atom(NamedTuple):
@@ -278,13 +416,14 @@ class _Splits(NamedTuple):
     def run(self, value: Any, env: _Env) -> Any:
         if type(value) is not self.kind:
             return MISS
-        dim, sizes, total = env.dim, env.sizes, env.total
+        dim = env.dim
         is_dict = self.kind is dict
         parts = []
         for part in value.values() if is_dict else value:
-            if not isinstance(part, torch.Tensor) or part.ndim <= dim or part.shape[dim] != total:
+            part = _split_at(part, dim, env)
+            if part is MISS:
                 return MISS
-            parts.append(torch.unflatten(part, dim, sizes) if sizes else part.squeeze(dim))
+            parts.append(part)
         return dict(zip(value, parts, strict=True)) if is_dict else self.make(parts)
 
 
