@@ -90,7 +90,7 @@ class Caller:
         """Folds ``args`` and ``kwargs``, calls ``fn`` by the first path that applies, and unfolds its outputs."""
         # 1. Fast: one dense tensor whose fold is one flatten (a view), then one unflatten of the output.
         folded_args: Sequence[torch.Tensor] | None = None
-        compiling = _is_compiling()
+        compiling = _is_compiling()  # for this frame only: dynamo may trace the frames it calls, and not this one
         if self._fast and len(args) == 1 and not kwargs:
             x = args[0]
             if isinstance(x, _Tensor) and x.layout is _STRIDED and not x.is_nested:
@@ -121,12 +121,12 @@ class Caller:
                 raise
             if self._split_tensor and type(y) is _Tensor and not compiling:
                 # The checks of split_leaf, left to torch: a dim out of range or of another size raises. Not while
-                # dynamo traces, which turns the error into its own.
+                # dynamo traces, which turns that error into its own.
                 try:
                     return _unflatten(y, dim, group_sizes)
                 except (IndexError, RuntimeError):
                     pass  # the full unfold raises its own error for it
-            return self._unfold(y, dim, group_sizes, len(args), compiling)
+            return self._unfold(y, dim, group_sizes, len(args))
         pattern, execution = self.pattern, self.execution
         structure = (len(args), *kwargs) if kwargs else len(args)
         # 3. Recorded: a structure that the full path has folded before, folded again by the program it recorded
@@ -191,7 +191,7 @@ class Caller:
         if repeats is not None:
             repeats.check_no_draws(pattern.text)
             return repeats.unfold(pattern.outputs, result, call)
-        return self._unfold(result, call.dim, call.group_sizes, structure, compiling)
+        return self._unfold(result, call.dim, call.group_sizes, structure)
 
     def _record(self, args: Sequence[Any], kwargs: Mapping[str, Any], structure: Structure, call: FoldedCall) -> None:
         """Records how ``call`` was folded, for later calls of its structure; the latest few per structure are kept."""
@@ -204,7 +204,7 @@ class Caller:
         if flattens is not None:
             _store(self._flattens, structure, flattens)
 
-    def _unfold(self, result: Any, dim: int | None, sizes: Sequence[int], structure: Structure, compiling: bool) -> Any:
+    def _unfold(self, result: Any, dim: int | None, sizes: Sequence[int], structure: Structure) -> Any:
         """``OutputRules.unfold``, or the program that the last output of a call of this structure recorded."""
         outputs = self.pattern.outputs
         if dim is None:
@@ -215,7 +215,7 @@ class Caller:
             return outputs.unfold(result, dim, sizes)
         program = self._outputs.get(structure, _UNRECORDED)
         if program is not None:  # None: an output that no program can unfold, recorded once
-            unfolded = program.run(result, outputs, dim, sizes, compiling)
+            unfolded = program.run(result, outputs, dim, sizes)
             if unfolded is not MISS:
                 return unfolded
         unfolded = outputs.unfold(result, dim, sizes)

@@ -38,6 +38,7 @@ _STRIDED = torch.strided
 _Tensor = torch.Tensor
 _flatten = torch.flatten
 _unflatten = torch.unflatten
+_is_compiling = torch.compiler.is_compiling
 """Bound once, as ``FlattenProgram.fold`` runs them for every tensor of every call: one lookup instead of two."""
 _ATOMS = (type(None), bool, int, float, complex, str, bytes)
 """Output leaves that the full path passes through as they are and a program may too."""
@@ -185,26 +186,36 @@ class FlattenProgram:
         return FlattenProgram(spans, equal, program.carrier, group_sizes, program.dim)
 
     def fold(self, args: Sequence[Any]) -> tuple[list[torch.Tensor], tuple[int, ...]] | None:
-        """The folded arguments and the folded group's sizes; ``None`` when a tensor or size differs, or a view
+        """The folded arguments and the folded group's sizes; ``None`` when a tensor, rank or size differs, or a view
         cannot be made."""
         shapes = []
         folded = []
-        for x, (ndim, start, end) in zip(args, self.spans, strict=False):
-            if not isinstance(x, _Tensor) or x.layout is not _STRIDED or x.is_nested:
-                return None
-            shape = x.shape
-            if len(shape) != ndim or not (x.is_contiguous() or mergeable(shape, x.stride(), start, end)):
-                return None
-            shapes.append(shape)
-            folded.append(_flatten(x, start, end))
+        try:
+            for x, (_, start, end) in zip(args, self.spans, strict=False):
+                # Plain tensors only, whose shape and flatten run no code of a subclass. Of those, a nested tensor
+                # of strided layout has no shape (RuntimeError), and a tensor of too low a rank cannot be flattened
+                # there (IndexError): both step aside, as a rank too high does below.
+                if type(x) is not _Tensor or x.layout is not _STRIDED:
+                    return None
+                shape = x.shape
+                if not (x.is_contiguous() or mergeable(shape, x.stride(), start, end)):
+                    return None
+                shapes.append(shape)
+                folded.append(_flatten(x, start, end))
+        except (IndexError, RuntimeError):
+            return None
         agreed_shapes, agreed_sizes = self._agreed
-        if shapes == agreed_shapes:
+        if shapes == agreed_shapes:  # the shapes of a call whose ranks and sizes agreed
             return folded, agreed_sizes
+        for (ndim, _, _), shape in zip(self.spans, shapes, strict=True):
+            if len(shape) != ndim:
+                return None
         for first, sizes, other, other_sizes in self.equal:
             if sizes(shapes[first]) != other_sizes(shapes[other]):
                 return None
         group_sizes = self.group_sizes(shapes[self.carrier])
-        self._agreed = (shapes, group_sizes)  # one assignment: a thread reads the old pair or the new, never a mix
+        if not _is_compiling():  # dynamo may trace this frame alone, from a caller that it runs eagerly
+            self._agreed = (shapes, group_sizes)  # one assignment: a thread reads the old pair or the new, not a mix
         return folded, group_sizes
 
 
@@ -249,21 +260,14 @@ def merged_checks(pairs: Sequence[tuple[int, int, int, int]]) -> tuple[tuple[int
 
 
 class _Env:
-    """What unfolding one call's outputs needs: the folded dim, the group's sizes, and the out= bindings.
+    """What unfolding one call's outputs needs: the folded dim, the group's sizes, and the out= bindings."""
 
-    ``trusted``: whether torch's own checks may stand in for the program's. ``torch.unflatten`` raises for a dim out
-    of range or of another size than the group's; a plain tensor is split in a ``try`` and steps aside when it
-    raises, which is cheaper than reading its shape first. Not while dynamo traces, which turns that error into its
-    own, and not for an empty group, which is squeezed rather than split.
-    """
+    __slots__ = ("_bindings", "_total", "dim", "outputs", "sizes")
 
-    __slots__ = ("_bindings", "_total", "dim", "outputs", "sizes", "trusted")
-
-    def __init__(self, outputs: OutputRules, dim: int, sizes: Sequence[int], compiling: bool) -> None:
+    def __init__(self, outputs: OutputRules, dim: int, sizes: Sequence[int]) -> None:
         self.outputs = outputs
         self.dim = dim
         self.sizes = sizes
-        self.trusted = bool(sizes) and not compiling
         self._total = -1
         self._bindings: dict[str, int] | None = None
 
@@ -290,8 +294,8 @@ class OutputProgram(NamedTuple):
 
     root: Node
 
-    def run(self, result: Any, outputs: OutputRules, dim: int, sizes: Sequence[int], compiling: bool) -> Any:
-        return self.root(result, _Env(outputs, dim, sizes, compiling))
+    def run(self, result: Any, outputs: OutputRules, dim: int, sizes: Sequence[int]) -> Any:
+        return self.root(result, _Env(outputs, dim, sizes))
 
 
 def record_outputs(outputs: OutputRules, result: Any) -> OutputProgram | None:
@@ -319,15 +323,22 @@ def _split(value: Any, env: _Env) -> Any:
 
 def _split_at(value: Any, dim: int, env: _Env) -> Any:
     """``value`` with dim ``dim`` split into the folded group's axes (removed when there are none); ``MISS`` when it
-    is no tensor with the folded rows at ``dim``."""
-    if env.trusted and type(value) is _Tensor:
+    is no tensor with the folded rows at ``dim``.
+
+    A plain tensor is split in a ``try``: ``torch.unflatten`` raises for a dim out of range or of another size than
+    the group's, which is cheaper than reading its shape first. Not while dynamo traces, which turns that error into
+    its own; the check for that is made in the frame of the ``try``, as dynamo may trace a frame whose caller it runs
+    eagerly.
+    """
+    sizes = env.sizes
+    if type(value) is _Tensor and sizes and not _is_compiling():
         try:
-            return _unflatten(value, dim, env.sizes)
+            return _unflatten(value, dim, sizes)
         except (IndexError, RuntimeError):
             return MISS
     if not isinstance(value, torch.Tensor) or value.ndim <= dim or value.shape[dim] != env.total:
         return MISS
-    return torch.unflatten(value, dim, env.sizes) if env.sizes else value.squeeze(dim)
+    return _unflatten(value, dim, sizes) if sizes else value.squeeze(dim)
 
 
 class _Rearrange(NamedTuple):
@@ -416,10 +427,17 @@ class _Splits(NamedTuple):
     def run(self, value: Any, env: _Env) -> Any:
         if type(value) is not self.kind:
             return MISS
-        dim = env.dim
+        dim, sizes = env.dim, env.sizes
+        trusted = sizes and not _is_compiling()  # as in _split_at, in the frame of the try
         is_dict = self.kind is dict
         parts = []
         for part in value.values() if is_dict else value:
+            if trusted and type(part) is _Tensor:
+                try:
+                    parts.append(_unflatten(part, dim, sizes))
+                    continue
+                except (IndexError, RuntimeError):
+                    return MISS
             part = _split_at(part, dim, env)
             if part is MISS:
                 return MISS

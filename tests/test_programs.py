@@ -26,6 +26,7 @@ from torch import nn
 import foldaxes
 from foldaxes import Distribute, FoldError, distribute
 from foldaxes._compiled import CompiledPattern
+from foldaxes._program import InputProgram
 
 
 class Switch:
@@ -86,6 +87,21 @@ ERROR_CASES = {
         lambda: Distribute("b t d -> (b t) d", lambda a, b: a),
         lambda w: w(x(2, 3, 4), x(2, 3, 4)),
         lambda w: w(x(2, 3, 4), x(2, 3)),
+    ),
+    "rank-too-high": Case(
+        lambda: Distribute(TWO, lambda a, b: a),
+        lambda w: w(x(2, 3, 4), x(2, 3, 5)),
+        lambda w: w(x(2, 3, 4), x(2, 3, 5, 1)),
+    ),
+    "rank-too-low-for-the-flatten": Case(
+        lambda: Distribute(TWO, lambda a, b: a),
+        lambda w: w(x(2, 3, 4), x(2, 3, 5)),
+        lambda w: w(x(2, 3, 4), x(2)),
+    ),
+    "rank-differs-but-the-sizes-compared-agree": Case(
+        lambda: Distribute("b t d, b t e -> (b t) d, (b t) e", lambda a, b: a),
+        lambda w: w(x(2, 3, 4), x(2, 3, 5)),
+        lambda w: w(x(2, 3, 4, 1), x(2, 3, 5)),
     ),
     "non-tensor-where-a-tensor-was": Case(
         lambda: Distribute(TWO, lambda *a: a[0]),
@@ -203,19 +219,83 @@ class TestErrorsOnAHit:
         expected = message(lambda: wrapped(x(2, 3, 4), x(2, 5, 4)))
         assert message(lambda: wrapped(x(2, 3, 4), x(2, 5, 4))) == expected
 
-    def test_strided_nested_tensor_after_dense(self) -> None:
+    @pytest.mark.parametrize("position", [0, 1], ids=["first", "second"])
+    def test_strided_nested_tensor_after_dense(self, position: int) -> None:
+        """A nested tensor of strided layout says it is one, although torch's own layout says strided."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torch's "prototype" notice
             nested = torch.nested.nested_tensor([x(3, 4), x(2, 4)])
+        arguments = [x(2, 3, 4), x(2, 3, 5)]
+        arguments[position] = nested
         wrapped = Distribute(TWO, lambda a, b: a)
-        expected = message(lambda: Distribute(TWO, lambda a, b: a)(nested, nested))
+        expected = message(lambda: Distribute(TWO, lambda a, b: a)(*arguments))
         for _ in range(2):
             wrapped(x(2, 3, 4), x(2, 3, 5))
-            assert message(lambda: wrapped(nested, nested)) == expected
+            wrapped(x(2, 3, 4), x(2, 3, 5))
+            assert message(lambda: wrapped(*arguments)) == expected
+
+    @pytest.mark.parametrize(
+        "output",
+        [lambda a, rows: a[:rows], lambda a, rows: {"a": a, "b": a[:rows]}, lambda a, rows: (a, a[:rows])],
+        ids=["tensor", "dict", "tuple"],
+    )
+    @pytest.mark.parametrize("count", [1, 2], ids=["one-tensor", "two-tensors"])
+    def test_same_error_under_compile(self, output: Callable[[torch.Tensor, int], Any], count: int) -> None:
+        """Under dynamo the outputs are checked before they are split: torch's own error would become dynamo's."""
+        rows = [6]
+        wrapped = Distribute("b t d -> (b t) d", lambda a, *rest: output(a, rows[0]))
+        cold = Distribute("b t d -> (b t) d", lambda a, *rest: output(a, 5))
+        arguments = [x(2, 3, 4) for _ in range(count)]
+        wrapped(*arguments)
+        wrapped(*arguments)  # warm: the fast path or a flatten program, and an output program
+        rows[0] = 5
+        torch._dynamo.reset()
+        assert message(lambda: torch.compile(wrapped, backend="eager")(*arguments)) == message(lambda: cold(*arguments))
 
 
 def jagged(lengths: list[int], width: int) -> torch.Tensor:
     return torch.nested.nested_tensor([torch.randn(n, width) for n in lengths], layout=torch.jagged)
+
+
+def outcome(wrapped: Callable[..., Any], *arguments: Any) -> Any:
+    """What a call returns, or the message of the FoldError it raises."""
+    try:
+        return wrapped(*arguments)
+    except FoldError as error:
+        return str(error)
+
+
+class TestSequencesOfShapes:
+    """A wrapper that has run calls of other shapes answers each call as a fresh wrapper does."""
+
+    @settings(max_examples=40, deadline=None, derandomize=True)
+    @given(
+        shapes=st.lists(
+            st.tuples(
+                st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)),
+                st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)),
+            ),
+            min_size=1,
+            max_size=8,
+        ),
+        pattern=st.sampled_from([TWO, "b t d, b s d -> (b t) d, (b s) d", "b t d -> (b t) d"]),
+    )
+    def test_each_call_as_on_a_fresh_wrapper(
+        self, shapes: list[tuple[tuple[int, ...], tuple[int, ...]]], pattern: str
+    ) -> None:
+        def module(a: torch.Tensor, b: torch.Tensor) -> Any:
+            return {"a": a * 2, "rows": torch.arange(a.shape[0])}
+
+        wrapped = Distribute(pattern, module)
+        for first, second in shapes:
+            arguments = (x(*first), x(*second))
+            expected = outcome(Distribute(pattern, module), *arguments)
+            actual = outcome(wrapped, *arguments)
+            if isinstance(expected, str):
+                assert actual == expected
+            else:
+                same(actual, expected)
+                assert_exact(actual["a"], arguments[0] * 2)
 
 
 class TestOtherPathsAfterAHit:
@@ -227,6 +307,31 @@ class TestOtherPathsAfterAHit:
         other = torch.nested.nested_tensor_from_jagged(torch.randn(4, 5), nt.offsets())
         y = wrapped(nt, other)
         assert y.is_nested and torch.equal(y.values(), nt.values() * 2)
+
+    @pytest.mark.parametrize("refuses", [False, True], ids=["works", "raises"])
+    def test_a_tensor_subclass_takes_the_general_program(self, refuses: bool) -> None:
+        """Only plain tensors fold by a flatten program: a subclass's own code runs once, on the general path."""
+        calls: list[str] = []
+
+        class Logged(torch.Tensor):
+            @classmethod
+            def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+                if getattr(func, "__name__", "") == "flatten":
+                    calls.append("flatten")
+                    if refuses:
+                        raise RuntimeError("no flatten here")
+                return super().__torch_function__(func, types, args, kwargs or {})
+
+        wrapped = Distribute(TWO, lambda a, b: a + b[..., :4])
+        a, b = x(2, 3, 4), x(2, 3, 5)
+        wrapped(a, b)
+        wrapped(a, b)
+        if refuses:
+            with pytest.raises(RuntimeError, match="no flatten here"):
+                wrapped(a.as_subclass(Logged), b)
+        else:
+            assert_exact(wrapped(a.as_subclass(Logged), b).as_subclass(torch.Tensor), a + b[..., :4])
+        assert calls == ["flatten"]
 
     def test_masked_call_takes_the_rows_path(self) -> None:
         wrapped = Distribute("b t d -> (b t) d", lambda a, b: a + b, fill_value=-1.0)
@@ -465,6 +570,19 @@ class TestProgramsAreUsed:
         wrapped(x(2, 3, 4), x(2, 3, 5), "another structure")
         assert calls == ["fold", "unfold", "fold", "unfold"]
 
+    def test_positional_tensors_folded_by_views_skip_the_general_program(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        calls: list[str] = []
+        fold = InputProgram.fold
+        monkeypatch.setattr(InputProgram, "fold", lambda *a: calls.append("general") or fold(*a))
+        wrapped = Distribute(TWO, lambda a, b: (a, b))
+        for shapes in [((2, 3, 4), (2, 3, 5)), ((2, 3, 4), (2, 3, 5)), ((4, 1, 4), (4, 1, 6))]:
+            a, b = x(*shapes[0]), x(*shapes[1])
+            same(wrapped(a, b), (a, b))
+        assert calls == []
+        a, b = x(2, 3, 4), x(2, 3, 5)
+        same(wrapped(a.transpose(0, 1).contiguous().transpose(0, 1), b), (a, b))  # no view: the general program
+        assert calls == ["general"]
+
     def test_a_structure_keeps_the_programs_of_four_ranks_and_structures_their_own(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -664,6 +782,37 @@ class TestCaches:
         expected = wrapped(a, b)
         compiled = torch.compile(wrapped, fullgraph=True, backend="eager")(a, b)
         same(compiled, expected)
+
+    def test_a_warm_wrapper_compiles_once_for_every_shape(self) -> None:
+        """Under dynamo no flatten program runs: comparing symbolic shapes with the last call's would pin them."""
+        compiles = 0
+
+        def counting(graph: torch.fx.GraphModule, example_inputs: Any) -> Callable[..., Any]:
+            nonlocal compiles
+            compiles += 1
+            return graph.forward
+
+        wrapped = Distribute(TWO, lambda a, b: a * 2)
+        wrapped(x(2, 3, 4), x(2, 3, 5))
+        wrapped(x(2, 3, 4), x(2, 3, 5))  # warm: a flatten program, and the shapes of this call
+        torch._dynamo.reset()
+        compiled = torch.compile(wrapped, backend=counting, dynamic=True, fullgraph=True)
+        for b, t in [(2, 3), (3, 5), (4, 2)]:
+            a = x(b, t, 4)
+            assert_exact(compiled(a, x(b, t, 5)), a * 2)
+        assert compiles == 1
+
+    def test_a_flatten_program_traced_alone_writes_nothing(self) -> None:
+        """Dynamo may trace a program's frame while it runs its caller eagerly: the program keeps no shapes then."""
+        wrapped = Distribute(TWO, lambda a, b: a)
+        wrapped(x(2, 3, 4), x(2, 3, 5))
+        wrapped(x(2, 3, 4), x(2, 3, 5))
+        program = wrapped._caller._flattens[2]
+        kept = program._agreed
+        torch._dynamo.reset()
+        folded, sizes = torch.compile(program.fold, backend="eager", fullgraph=True)((x(3, 2, 4), x(3, 2, 5)))
+        assert sizes == (3, 2) and [f.shape for f in folded] == [(6, 4), (6, 5)]
+        assert program._agreed is kept
 
     def test_threads_share_one_wrapper(self) -> None:
         wrapped = Distribute("... d -> (...) d", lambda a, *rest: (a * 2, rest))
