@@ -27,8 +27,9 @@ from ._execution import Execution, why_partial
 from ._expanded import find_repeats, has_zero_stride
 from ._masks import MASK, SAMPLE_LENGTHS, RowSelection
 from ._notes import add_fold_note
+from ._output_program import MISS, OutputProgram, record_outputs
 from ._plan import MAX_RANKS, mergeable, product
-from ._program import MISS, FlattenProgram, InputProgram, OutputProgram, SizesAt, record_outputs, sizes_at
+from ._program import FlattenProgram, InputProgram, SizesAt, sizes_at
 from ._ragged import call_jagged
 from ._records import FoldedCall
 
