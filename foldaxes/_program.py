@@ -175,7 +175,7 @@ class FlattenProgram:
         shapes = []
         folded = []
         try:
-            for x, (_, start, end) in zip(args, self.spans, strict=False):
+            for x, (_, start, end) in zip(args, self.spans, strict=False):  # kept by their number: as many
                 # Plain tensors only, whose shape and flatten run no code of a subclass. Of those, a nested tensor
                 # of strided layout has no shape (RuntimeError), and a tensor of too low a rank cannot be flattened
                 # there (IndexError): both step aside, as a rank too high does below.

@@ -7,7 +7,9 @@ wrapper and then on one that has just run a good call of the same structure, and
 from __future__ import annotations
 
 import collections
+import copy
 import gc
+import pickle
 import threading
 import warnings
 import weakref
@@ -715,6 +717,13 @@ class TestProgramsAreUsed:
             assert seen[-1].data_ptr() == a.data_ptr() and seen[-1].stride() == (a.stride(1), a.stride(2))
 
 
+class FirstTwo(nn.Module):
+    """A module that pickles: it returns its first two arguments."""
+
+    def forward(self, *arguments: Any) -> Any:
+        return arguments[:2]
+
+
 class TestCaches:
     def test_bounded(self) -> None:
         wrapped = Distribute("... d -> (...) d", lambda *a: (a[0],))
@@ -725,6 +734,24 @@ class TestCaches:
         for rank in range(2, 9):  # 7 ranks of one structure
             wrapped(x(*[1] * rank), x(*[1] * rank))
             assert all(len(programs) <= 4 for programs in caller._inputs.values())
+
+    @pytest.mark.parametrize(
+        "duplicate", [copy.deepcopy, lambda w: pickle.loads(pickle.dumps(w))], ids=["deepcopy", "pickle"]
+    )
+    def test_copies_start_with_empty_caches(self, duplicate: Callable[[Any], Any]) -> None:
+        """Caches are rebuilt by the next call, not copied: some hold closures, which do not pickle."""
+        wrapped = Distribute(TWO, FirstTwo())
+        a, b = x(2, 3, 4), x(2, 3, 5)
+        for _ in range(2):
+            wrapped(a, b)
+            wrapped(a, b, 1.0)  # another structure: a general program, not a flatten program
+        copied = duplicate(wrapped)
+        caches = ("_flatten_spans", "_inputs", "_flattens", "_outputs")
+        assert all(getattr(wrapped._caller, name) for name in ("_inputs", "_flattens", "_outputs"))
+        assert all(getattr(copied._caller, name) == {} for name in caches)
+        for _ in range(2):
+            same(copied(a, b), wrapped(a, b))
+        assert copied._caller._flattens and copied._caller._inputs
 
     def test_programs_keep_no_tensor_alive(self) -> None:
         """A program records the structure of a call, not its tensors: they are freed once the caller drops them."""
