@@ -829,7 +829,7 @@ class TestCaches:
             assert_exact(compiled(a, x(b, t, 5)), a * 2)
         assert compiles == 1
 
-    def test_a_flatten_program_traced_alone_writes_nothing(self) -> None:
+    def test_a_flatten_program_compiled_alone_writes_nothing(self) -> None:
         """Dynamo may trace a program's frame while it runs its caller eagerly: the program keeps no shapes then."""
         wrapped = Distribute(TWO, lambda a, b: a)
         wrapped(x(2, 3, 4), x(2, 3, 5))
