@@ -63,6 +63,10 @@ def flip(wrapper: Any) -> Any:
     return wrapper
 
 
+class Marked(torch.Tensor):
+    """A tensor subclass: programs check it as the full path does, rather than trusting torch's own checks."""
+
+
 TWO = "b t d, b t e -> (b t) d, (b t) e"
 ERROR_CASES = {
     "operands-disagree": Case(
@@ -104,6 +108,20 @@ ERROR_CASES = {
         lambda: Distribute("b t d, b t e -> (b t) d, (b t) e", lambda a, b: a),
         lambda w: w(x(2, 3, 4), x(2, 3, 5)),
         lambda w: w(x(2, 3, 4, 1), x(2, 3, 5)),
+    ),
+    "one-axis-compared": Case(
+        lambda: Distribute("b t d, b s e -> (b t) d, (b s) e", lambda a, b: a),
+        lambda w: w(x(2, 3, 4), x(2, 5, 6)),
+        lambda w: w(x(2, 3, 4), x(3, 5, 6)),
+    ),
+    "output-of-a-subclass-with-one-row": Case(
+        switched(
+            "b t d -> (b t) d",
+            lambda z: {"z": z.as_subclass(Marked)},
+            lambda z: {"z": z[:1].as_subclass(Marked)},
+        ),
+        lambda w: w(x(2, 3, 4)),
+        lambda w: flip(w)(x(2, 3, 4)),
     ),
     "non-tensor-where-a-tensor-was": Case(
         lambda: Distribute(TWO, lambda *a: a[0]),
@@ -214,6 +232,27 @@ class TestErrorsOnAHit:
             assert message(lambda: case.bad(wrapped)) == expected
             if isinstance(wrapped.module, Switch):
                 wrapped.module.failing = False
+
+    @pytest.mark.parametrize("count", [1, 2], ids=["one-tensor", "two-tensors"])
+    def test_the_module_error_has_the_same_note(self, count: int) -> None:
+        def module(*tensors: torch.Tensor) -> torch.Tensor:
+            if tensors[0].shape[-1] == 5:
+                raise ValueError("five")
+            return tensors[0]
+
+        def notes(wrapped: Any, *arguments: torch.Tensor) -> list[str]:
+            with pytest.raises(ValueError, match="five") as info:
+                wrapped(*arguments)
+            return list(info.value.__notes__)
+
+        wrapped = Distribute("b t d -> (b t) d", module)
+        bad = [x(2, 3, 5) for _ in range(count)]
+        expected = notes(Distribute("b t d -> (b t) d", module), *bad)
+        for _ in range(2):
+            wrapped(*[x(2, 3, 4) for _ in range(count)])
+            wrapped(*[x(2, 3, 4) for _ in range(count)])
+            assert notes(wrapped, *bad) == expected
+        assert "(6, 5)" in expected[0] and "(2, 3, 5)" in expected[0]
 
     def test_an_error_after_the_fold_is_raised_again(self) -> None:
         """The first call records its program before the rows are chunked; the program's call must still refuse."""
@@ -572,7 +611,31 @@ class TestProgramsAreUsed:
         wrapped(x(2, 3, 4), x(2, 3, 5), "another structure")
         assert calls == ["fold", "unfold", "fold", "unfold"]
 
-    def test_positional_tensors_folded_by_views_skip_the_general_program(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    @pytest.mark.parametrize(
+        ("pattern", "shapes"),
+        [
+            (TWO, [(2, 3, 4), (2, 3, 5)]),
+            ("b t d, b s d -> (b t) d, (b s) d", [(2, 3, 4), (2, 5, 4)]),
+            ("b t d, b s e -> (b t) d, (b s) e", [(2, 3, 4), (2, 5, 6)]),
+            ("b t d -> (b t) d", [(2, 3, 4), (2, 3, 4), (2, 3, 4)]),
+            ("... d -> (...) d", [(2, 3, 4), (2, 3, 4)]),
+        ],
+        ids=["two-operands", "a-shared-axis-after-a-gap", "one-shared-axis", "three-of-one-operand", "ellipsis"],
+    )
+    @pytest.mark.parametrize("crop", [False, True], ids=["contiguous", "inner-crop"])
+    def test_positional_tensors_folded_by_views_skip_the_general_program(
+        self, monkeypatch: pytest.MonkeyPatch, pattern: str, shapes: list[tuple[int, ...]], crop: bool
+    ) -> None:
+        calls: list[str] = []
+        fold = InputProgram.fold
+        monkeypatch.setattr(InputProgram, "fold", lambda *a: calls.append("general") or fold(*a))
+        wrapped = Distribute(pattern, lambda *tensors: tensors[0] * 2)
+        for _ in range(3):
+            arguments = [x(*shape[:-1], 2 * shape[-1])[..., ::2] if crop else x(*shape) for shape in shapes]
+            assert_exact(wrapped(*arguments), arguments[0] * 2)
+        assert calls == []
+
+    def test_a_copy_takes_the_general_program(self, monkeypatch: pytest.MonkeyPatch) -> None:
         calls: list[str] = []
         fold = InputProgram.fold
         monkeypatch.setattr(InputProgram, "fold", lambda *a: calls.append("general") or fold(*a))
