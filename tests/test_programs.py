@@ -123,6 +123,15 @@ ERROR_CASES = {
         lambda w: w(x(2, 3, 4)),
         lambda w: flip(w)(x(2, 3, 4)),
     ),
+    "output-of-a-subclass-ending-before-the-folded-dim": Case(
+        switched(
+            "b t d -> b (t) d",
+            lambda z: (z.as_subclass(Marked), "label"),
+            lambda z: (z[:, 0, 0].as_subclass(Marked), "label"),
+        ),
+        lambda w: w(x(2, 3, 4)),
+        lambda w: flip(w)(x(2, 3, 4)),
+    ),
     "non-tensor-where-a-tensor-was": Case(
         lambda: Distribute(TWO, lambda *a: a[0]),
         lambda w: w(x(2, 3, 4), x(2, 3, 5)),
@@ -493,10 +502,14 @@ class TestOutputsOnAHit:
         ],
         ids=["return-types", "ordered-dict", "nested", "dict-order"],
     )
-    def test_containers_come_back_alike(self, make: Callable[[torch.Tensor], Any]) -> None:
+    @pytest.mark.parametrize("kind", [torch.Tensor, Marked], ids=["tensor", "subclass"])
+    def test_containers_come_back_alike(self, make: Callable[[torch.Tensor], Any], kind: type) -> None:
+        def module(z: torch.Tensor) -> Any:
+            return make(z.as_subclass(kind))
+
         a = x(2, 3, 4)
-        expected = foldaxes.unfold(make(a.flatten(0, 1)), foldaxes.fold(a, "b t d -> (b t) d")[1])
-        wrapped = distribute("b t d -> (b t) d", make)
+        expected = foldaxes.unfold(module(a.flatten(0, 1)), foldaxes.fold(a, "b t d -> (b t) d")[1])
+        wrapped = distribute("b t d -> (b t) d", module)
         for _ in range(3):
             same(wrapped(a), expected)
 
