@@ -71,8 +71,8 @@ def call_rows(
     why = why_partial(execution, selection is not None)
     if why is not None:
         check_batch_statistics(fn, execution.allow_batch_statistics, why, pattern)
-    if call.dim is None:  # nothing is folded: only checkpointing applies
-        return run_rows(fn, list(call.args), call.kwargs, Rows((), 1, 0), execution, pattern)
+    if call.dim is None:  # nothing is folded: only checkpointing applies (chunks and masks are refused)
+        return _call(fn, list(call.args), call.kwargs, execution.checkpoint)
     if call.other_group is not None and (selection is not None or execution.chunk_size is not None):
         label, rule = call.other_group
         axes = rule.operand.group_axes

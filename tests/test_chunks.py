@@ -85,6 +85,12 @@ class TestChunksMatchOneCall:
         assert_exact(y["sum"], a * scale + b.transpose(0, 1).sum(-1, keepdim=True))
         assert_exact(y["pair"][0], a.tanh())
 
+    def test_tensors_after_a_plain_value_are_filled_too(self) -> None:
+        a = torch.randn(2, 3, 4)
+        label, y = Distribute("b t x -> (b t) x", lambda z: ("label", z * 2), chunk_size=4)(a)
+        assert label == "label"
+        assert_exact(y, a * 2)
+
     def test_an_operand_that_folds_nothing_goes_whole_to_every_chunk(self) -> None:
         recorder = Recorder(lambda a, s: a * s.sum())
         a, s = torch.randn(2, 3, 4), torch.randn(2, 5)

@@ -346,6 +346,17 @@ def test_view_reason_shows_the_stride_arithmetic() -> None:
             "axis: x's stride 6 would have to be y's size 5 times y's stride 1, 5.",
             "There is a gap in memory between them: the input is cropped or strided along an axis.",
         ),
+        (
+            "a b c d -> (a b) (c d)",
+            lambda: torch.zeros(2, 3, 4, 5).permute(1, 0, 3, 2),
+            {},
+            "(a b) cannot be one axis: a's stride 20 (= d*c) would have to be b's size 2 times b's stride 60 "
+            "(= a*d*c), 120. (c d) cannot be one axis: c's stride 1 would have to be d's size 4 times d's stride 5 "
+            "(= c), 20.",
+            "Writing the group as (b a), the order of its axes in memory, would make it a view. Writing the group "
+            "as (d c), the order of its axes in memory, would make it a view. Distribute('a b c d -> (b a) (c d)', "
+            "module, out='(b a) ... -> a b ...') folds without a copy and returns the outputs in the original order.",
+        ),
     ],
     ids=[
         "one-axis-above-1",
@@ -362,6 +373,7 @@ def test_view_reason_shows_the_stride_arithmetic() -> None:
         "no-merges",
         "empty",
         "the-second-merge-is-blocked",
+        "both-merges-blocked",
     ],
 )
 def test_reason_and_hint_word_for_word(
