@@ -621,6 +621,12 @@ class TestFactoryAndFunctions:
         assert_exact(compiled(x), expected or pooled(x))
         assert_exact(pooled(x)[1], nn.functional.avg_pool3d(x, (1, 2, 2)))
 
+    def test_a_length_given_after_a_cached_fold_is_checked(self) -> None:
+        x = torch.randn(2, 3, 4)
+        foldaxes.fold(x, "b t d -> (b t) d")  # caches the pattern's flatten for rank 3
+        with pytest.raises(foldaxes.FoldError, match="axis 'b' has size 2 but was given as 3"):
+            foldaxes.fold(x, "b t d -> (b t) d", b=3)
+
     def test_spec_is_picklable_and_immutable(self) -> None:
         import dataclasses
         import pickle

@@ -263,6 +263,24 @@ class TestErrorsOnAHit:
             assert notes(wrapped, *bad) == expected
         assert "(6, 5)" in expected[0] and "(2, 3, 5)" in expected[0]
 
+    def test_the_module_error_has_the_same_note_when_nothing_is_folded(self) -> None:
+        def module(a: torch.Tensor, *, scale: torch.Tensor) -> torch.Tensor:
+            if a.shape[-1] == 5:
+                raise ValueError("five")
+            return a
+
+        def notes(wrapped: Any, a: torch.Tensor) -> list[str]:
+            with pytest.raises(ValueError, match="five") as info:
+                wrapped(a, scale=x(2, 3))
+            return list(info.value.__notes__)
+
+        wrapped = Distribute("b t d -> b t d", module)
+        expected = notes(Distribute("b t d -> b t d", module), x(2, 3, 5))
+        for _ in range(2):
+            wrapped(x(2, 3, 4), scale=x(2, 3))
+            assert notes(wrapped, x(2, 3, 5)) == expected
+        assert "keyword argument 'scale': shape (2, 3), passed unfolded" in expected[0]
+
     def test_an_error_after_the_fold_is_raised_again(self) -> None:
         """The first call records its program before the rows are chunked; the program's call must still refuse."""
         wrapped = Distribute("b t d, b s e -> (b t) d, (b s) e", lambda a, b: a, chunk_size=2)
@@ -478,6 +496,13 @@ def same(actual: Any, expected: Any) -> None:
         assert actual == expected
 
 
+class Labels(tuple[str, str]):
+    """A tuple subclass that is no NamedTuple: the full path passes it through whole, and so must a program."""
+
+    def __new__(cls, first: str, second: str) -> Labels:
+        return super().__new__(cls, (first, second))
+
+
 class TestOutputsOnAHit:
     @settings(max_examples=60, deadline=None, derandomize=True)
     @given(structure=output_structures(), two_tensors=st.booleans())
@@ -589,6 +614,14 @@ class TestOutputsOnAHit:
             assert label == "label"
             named = {name: size for name, size in {"b": 2, "t": 3, **lengths}.items() if name in reference.split()}
             assert torch.equal(y, einops.rearrange(a.flatten(0, 1), reference, **named))
+
+    def test_a_tuple_subclass_of_plain_values_passes_through(self) -> None:
+        wrapped = distribute("b t d -> (b t) d", lambda z: (z, Labels("a", "b")))
+        a = x(2, 3, 4)
+        for _ in range(3):
+            y, labels = wrapped(a)
+            assert_exact(y, a)
+            assert type(labels) is Labels and labels == ("a", "b")
 
     def test_a_unit_group_is_squeezed(self) -> None:
         a = x(3, 1, 4)  # one more unit dim, which stays
@@ -784,13 +817,24 @@ class TestProgramsAreUsed:
     @pytest.mark.parametrize(
         "make", [lambda: x(2, 3, 4), lambda: x(2, 3, 8)[..., ::2]], ids=["contiguous", "inner-crop"]
     )
-    def test_views_stay_views(self, make: Callable[[], torch.Tensor]) -> None:
+    @pytest.mark.parametrize("extra", [(), ("plain value",)], ids=["flatten-program", "general-program"])
+    def test_views_stay_views(self, make: Callable[[], torch.Tensor], extra: tuple[Any, ...]) -> None:
         seen: list[torch.Tensor] = []
-        wrapped = Distribute(TWO, lambda a, b: seen.append(a) or a)
+        wrapped = Distribute(TWO, lambda a, b, *rest: seen.append(a) or a)
         for _ in range(3):
             a = make()
-            wrapped(a, x(2, 3, 5))
+            wrapped(a, x(2, 3, 5), *extra)
             assert seen[-1].data_ptr() == a.data_ptr() and seen[-1].stride() == (a.stride(1), a.stride(2))
+
+    @pytest.mark.parametrize("extra", [(), ("plain value",)], ids=["flatten-program", "general-program"])
+    def test_channels_last_frames_stay_views(self, extra: tuple[Any, ...]) -> None:
+        """A copy would keep the frames' layout too: only the storage tells a view from a copy here."""
+        seen: list[torch.Tensor] = []
+        wrapped = Distribute("b t c h w, b t e -> (b t) c h w, (b t) e", lambda a, b, *rest: seen.append(a) or a)
+        for _ in range(3):
+            a = x(2, 3, 4, 5, 6).permute(0, 1, 4, 2, 3)  # frames (c, h, w) in channels_last
+            wrapped(a, x(2, 3, 7), *extra)
+            assert seen[-1].data_ptr() == a.data_ptr() and seen[-1].is_contiguous(memory_format=torch.channels_last)
 
 
 class FirstTwo(nn.Module):
