@@ -968,6 +968,38 @@ OUTPUTS = [
         "  The folded axes are bound from the input (fold pattern: b t x -> (b t) x).",
     ),
     case(
+        "out-pattern-size-of-a-second-output",
+        lambda: Distribute("b t x -> (b t) x", lambda a: (a, a[:5]), out=("(b t) x -> b t x", "(b t) x -> b t x"))(
+            zeros(2, 3, 4)
+        ),
+        "out= cannot rearrange output [1]: dim 0 of size 5 cannot be split into (b t) with b=2, t=3.",
+        "  pattern: (b t) x -> b t x",
+        "            ^",
+        "  output [1]: shape (5, 4)",
+        "  axis sizes: x=4",
+        "  lengths given: b=2, t=3",
+        "  The folded axes are bound from the input (fold pattern: b t x -> (b t) x).",
+    ),
+    case(
+        "output-rows-of-an-ellipsis-group",
+        lambda: Distribute("... x -> (...) x", lambda a: a[:5])(zeros(2, 3, 4)),
+        "The output cannot be unfolded: dim 0 should hold the folded (...) of size 6, but it has size 5.",
+        "  pattern: ... x -> (...) x",
+        "  the output: shape (5, 4)",
+        "  Pass out= with a pattern for this output (for example '(...) n -> ... n' if the folded axes are "
+        "elsewhere), or None to return it as the module gave it.",
+    ),
+    case(
+        "unfold-of-an-array-of-too-low-a-rank",
+        lambda: foldaxes.unfold(np.zeros(2), foldaxes.fold(np.zeros((2, 3, 4)), "b t x -> b (t x)")[1]),
+        "The output cannot be unfolded: dim 1 should hold the folded (t x) of size 12, but it has no such dim.",
+        "  pattern: b t x -> b (t x)",
+        "  the output: shape (2,)",
+        "  axis sizes: t=3, x=4",
+        "  Pass out= with a pattern for this output (for example '(t x) n -> t x n' if the folded axes are "
+        "elsewhere), or None to return it as the module gave it.",
+    ),
+    case(
         "out-pattern-rank",
         lambda: Distribute("b t x -> (b t) x", identity, out="(b t) x y -> b t x y")(zeros(2, 3, 4)),
         "the output has 2 dims, but '(b t) x y' expects 3.",
